@@ -1,0 +1,86 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises ``TypeError`` (wrong kind of value) or ``ValueError`` (wrong value) with a message that names
+the parameter, the value received and what is allowed, so that bad input never surfaces as a torch traceback.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def as_float_tensor(name: str, value, ndim: int | Sequence[int] | None = None, dtype=None) -> torch.Tensor:
+    """Return ``value`` (numpy array or torch tensor, float32 or float64) as a torch tensor.
+
+    Integer arrays and Python lists are refused (ask for floats explicitly); ``ndim`` may be one number or a set.
+    Without ``dtype`` the input's precision is kept; no copy is made when none is needed.
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {value.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        if value.dtype not in _FLOATS:
+            raise TypeError(f"{name} must be a float32 or float64 tensor, got dtype {value.dtype}")
+        tensor = value
+    else:
+        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if tensor.ndim not in allowed:
+            raise ValueError(
+                f"{name} must have {' or '.join(map(str, allowed))} dimension(s), got shape {tuple(tensor.shape)}"
+            )
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    return tensor
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer (bool refused) within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(
+    name: str, value, minimum: float | None = None, maximum: float | None = None, strict: bool = False
+) -> float:
+    """A finite real number within ``[minimum, maximum]`` (``(minimum, ...]`` when ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, allowed: Sequence) -> object:
+    """One of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_generator(name: str, value) -> torch.Generator:
+    """A ``torch.Generator`` (randomness is always explicit in icllib)."""
+    if not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator, got {type(value).__name__}")
+    return value

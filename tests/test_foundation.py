@@ -1,0 +1,85 @@
+"""The shared modules: switches, argument checks, the on-disk cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from icllib import _checks, cache, settings
+
+
+def test_switches_read_the_environment(monkeypatch):
+    monkeypatch.delenv("ICL_FULL", raising=False)
+    monkeypatch.delenv("ICL_MODEL", raising=False)
+    assert settings.full_size() is False and settings.model_name() is None
+    monkeypatch.setenv("ICL_FULL", "1")
+    monkeypatch.setenv("ICL_MODEL", "EleutherAI/pythia-2.8b")
+    assert settings.full_size() is True and settings.model_name() == "EleutherAI/pythia-2.8b"
+    monkeypatch.setenv("ICL_DEVICE", "cpu")
+    assert settings.device() == "cpu"
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path / "c"))
+    assert settings.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
+def test_cached_computes_once_per_configuration(monkeypatch, tmp_path):
+    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(3)}
+
+    first = cache.cached("demo", {"a": 1}, compute)
+    again = cache.cached("demo", {"a": 1}, compute)
+    other = cache.cached("demo", {"a": 2}, compute)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(first["x"], again["x"])
+    np.testing.assert_array_equal(first["x"], other["x"])
+    monkeypatch.setenv("ICL_NO_CACHE", "1")
+    cache.cached("demo", {"a": 1}, compute)
+    assert len(calls) == 3
+
+
+def test_config_key_is_stable_and_order_free():
+    assert cache.config_key("n", {"a": 1, "b": 2}) == cache.config_key("n", {"b": 2, "a": 1})
+    assert cache.config_key("n", {"a": 1}) != cache.config_key("n", {"a": 1.5})
+
+
+@pytest.mark.parametrize("name,config,error", [("", {}, ValueError), ("a/b", {}, ValueError), ("n", [1], TypeError)])
+def test_cache_bad_input(name, config, error):
+    with pytest.raises(error):
+        cache.config_key(name, config)
+
+
+def test_as_float_tensor_keeps_precision_and_refuses_the_rest():
+    assert _checks.as_float_tensor("x", np.zeros(3, dtype=np.float32)).dtype == torch.float32
+    assert _checks.as_float_tensor("x", torch.zeros(3, dtype=torch.float64)).dtype == torch.float64
+    with pytest.raises(TypeError, match="x must be a float32 or float64 array"):
+        _checks.as_float_tensor("x", np.zeros(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        _checks.as_float_tensor("x", [1.0, 2.0])
+    with pytest.raises(ValueError, match="x must have 2 dimension"):
+        _checks.as_float_tensor("x", torch.zeros(3), ndim=2)
+    with pytest.raises(ValueError, match="NaN"):
+        _checks.as_float_tensor("x", torch.tensor([float("nan")]))
+
+
+def test_scalar_checks():
+    assert _checks.check_int("n", 3, minimum=1) == 3
+    with pytest.raises(TypeError, match="n must be an integer"):
+        _checks.check_int("n", 3.0)
+    with pytest.raises(TypeError):
+        _checks.check_int("n", True)
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        _checks.check_int("n", 0, minimum=1)
+    assert _checks.check_float("tau", 0.0, minimum=0.0) == 0.0
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        _checks.check_float("tau", 0.0, minimum=0.0, strict=True)
+    with pytest.raises(ValueError, match="finite"):
+        _checks.check_float("tau", float("inf"))
+    with pytest.raises(ValueError, match="must be one of"):
+        _checks.check_choice("mode", "x", ["a", "b"])
+    with pytest.raises(TypeError, match="torch.Generator"):
+        _checks.check_generator("generator", 0)
