@@ -1,7 +1,7 @@
 """The 18 language tasks of Hendel, Geva & Globerson (2023): loading, scoring, token filtering, sampling.
 
 A task is a finite set of pairs ``(x, y)`` (an input word and its answer) and a rule that says whether a model's
-prediction for ``x`` is right. The paper's four categories and their rules (Section 3 and Appendix A):
+prediction for ``x`` is right. The paper's four categories and their rules:
 
 - *algorithmic* (``next_letter``, ``prev_letter``, ``list_first``, ``list_last``, ``to_upper``, ``to_lower``) and
   *linguistic* (``present_gerund``, ``present_past``, ``plural_singular``, ``antonyms``): **exact** match;
@@ -64,8 +64,8 @@ SCORING: dict[str, str] = {
     "knowledge": "prefix",
     "translation": "synonym",
 }
-#: Shortest prediction that counts under the prefix rule (shorter answers must be matched whole). One letter would
-#: credit "S" for every capital starting with S; two keep the paper's "Hel" for Helsinki and reject such guesses.
+#: Shortest prediction that counts as a prefix under the prefix rule (shorter answers must be matched whole). One
+#: letter would credit "S" for every capital starting with S; two keep the paper's "Hel" for Helsinki.
 MIN_PREFIX = 2
 
 _RULES = ("exact", "prefix", "synonym")
@@ -118,6 +118,10 @@ class Task:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def __repr__(self) -> str:  # the default would print every pair
+        space = "" if self.leading_space is None else f", leading_space={self.leading_space}"
+        return f"Task({self.name!r}, {self.category}, {len(self)} pairs, scoring={self.scoring!r}{space})"
+
     @property
     def inputs(self) -> list[str]:
         """The inputs ``x``, in the file's order."""
@@ -144,9 +148,12 @@ class Task:
 
         The prediction is stripped of surrounding white space (the token usually carries a leading space), then
         - ``exact``: equal to ``y``, case included (``to_upper`` needs ``"A"``, not ``"a"``);
-        - ``prefix``: a non-empty prefix of ``y`` of at least ``min(MIN_PREFIX, len(y))`` characters, case
-          included (``"Hel"`` and ``"Helsinki"`` count for ``Helsinki``, ``"H"`` and ``"Helsinkis"`` do not);
-        - ``synonym``: equal to one of the accepted translations of ``x`` (:meth:`answers`), case included.
+        - ``prefix``: a prefix of ``y`` of at least ``min(MIN_PREFIX, len(y))`` characters, or a word that starts
+          with ``y``, case included (``"Hel"``, ``"Helsinki"`` and ``"Europeans"`` count for ``Helsinki`` and
+          ``Europe``; ``"H"`` does not: the reference code accepts any non-empty prefix, one letter included);
+        - ``synonym``: equal to one of the accepted translations of ``x`` (:meth:`answers`), case included (the
+          reference code instead intersects the WordNet synonyms of prediction and answer, which needs nltk's
+          multilingual WordNet; the sets here come from the same bilingual dictionaries as the pairs).
         """
         if not isinstance(prediction, str):
             raise TypeError(f"prediction must be a string, got {type(prediction).__name__}")
@@ -155,7 +162,7 @@ class Task:
         if self.scoring == "exact":
             return guess == y
         if self.scoring == "prefix":
-            return len(guess) >= min(MIN_PREFIX, len(y)) and y.startswith(guess)
+            return guess.startswith(y) or (len(guess) >= min(MIN_PREFIX, len(y)) and y.startswith(guess))
         return guess in self.synonyms[x]
 
     def accuracy(self, predictions: Sequence[str], inputs: Sequence[str]) -> float:
@@ -293,26 +300,38 @@ TASKS: Mapping[str, Task] = _TaskTable()
 # ----------------------------------------------------------------------------------------------------------------
 # Single-token outputs
 # ----------------------------------------------------------------------------------------------------------------
-def filter_single_token(task: Task, tokenizer, min_fraction: float = 0.7) -> Task:
-    """Keep the pairs whose answer ``y`` is one token of ``tokenizer`` (the paper's filter, Section 3).
+def filter_single_token(
+    task: Task, tokenizer, min_fraction: float = 0.7, include_prefix_tasks: bool = False
+) -> Task:
+    """Keep the pairs whose answer ``y`` is one token of ``tokenizer`` (the paper's filter).
 
-    The answer follows a space in the prompt (``x -> y``), so it is first tokenised as ``" " + y``; when that keeps
-    at least ``min_fraction`` of the pairs, those are kept (``leading_space=True``). Otherwise the pairs whose
-    bare ``y`` is one token are kept (``leading_space=False``), as in the paper. Only the answer is checked, not
-    the synonyms. ``tokenizer`` is a Hugging Face tokenizer or any object with ``encode(text)``.
+    One greedy token is scored, so an answer must be one token to be reachable. The answer follows a space in the
+    prompt (``x -> y``), so it is tokenised as ``" " + y`` and as bare ``y``; the leading-space version is used
+    when it keeps at least ``min_fraction`` as many pairs as the bare one (the reference code's rule; English
+    words are usually one token only with their space), and :attr:`Task.leading_space` records the choice.
+    Only the answer is checked, not its synonyms.
+
+    Prefix-scored (knowledge) tasks are returned unchanged unless ``include_prefix_tasks``: as in the paper, their
+    first token is scored as a prefix ("Hel" for Helsinki), so multi-token answers stay. ``tokenizer`` is a
+    Hugging Face tokenizer or any object with ``encode(text) -> list[int]``; no special tokens are counted.
     """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a Task (see load_task), got {type(task).__name__}")
     if not callable(getattr(tokenizer, "encode", None)):
         raise TypeError(f"tokenizer must have an encode(text) method, got {type(tokenizer).__name__}")
     min_fraction = check_float("min_fraction", min_fraction, minimum=0.0, maximum=1.0)
-    from icllib.llm import encode  # no special tokens (LLaMA's tokenizer adds BOS by default)
+    if not isinstance(include_prefix_tasks, bool):
+        raise TypeError(f"include_prefix_tasks must be a bool, got {include_prefix_tasks!r}")
+    if task.scoring == "prefix" and not include_prefix_tasks:
+        return task
+    from icllib.llm import encode  # without special tokens (LLaMA's tokenizer adds BOS by default)
 
     with_space = [x for x, y in task.pairs if len(encode(tokenizer, " " + y)) == 1]
-    if len(with_space) >= min_fraction * len(task):
+    bare = [x for x, y in task.pairs if len(encode(tokenizer, y)) == 1]
+    if with_space and len(with_space) >= min_fraction * len(bare):
         keep, leading_space = with_space, True
     else:
-        keep, leading_space = [x for x, y in task.pairs if len(encode(tokenizer, y)) == 1], False
+        keep, leading_space = bare, False
     if not keep:
         raise ValueError(f"no answer of task {task.name!r} is a single token of this tokenizer")
     kept = task.subset(keep)

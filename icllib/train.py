@@ -83,7 +83,7 @@ class TrainingHistory:
     """What a training run recorded at each evaluation (lists of equal length, one entry per evaluation).
 
     ``step``: iteration count (0 = before training). ``loss_gap``: L(theta) - L*, exact (Lemma 5) for models with
-    ``attention_matrix()``, else a Monte-Carlo estimate on fixed evaluation prompts (then ``exact_gap`` is False;
+    ``attention_matrix()``, else a Monte-Carlo estimate on the in-domain test prompts (then ``exact_gap`` is False;
     a model that is not linear in y can even go below the best linear loss L*). ``train_loss``: the training
     objective (exact L, or the mean minibatch loss since the previous evaluation for Monte-Carlo training).
     ``in_domain``/``out_of_domain``: (1/K) ||yhat - yhat*||^2 averaged over the test prompts. ``w_norm``: the
@@ -151,47 +151,51 @@ def _check_model(model, Z_all, need_linear: bool) -> tuple[int, int]:
     return n_labeled, K
 
 
-def _param_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+def _terms_on(terms: kernels.LossTerms, model: nn.Module) -> kernels.LossTerms:
+    """The Lemma 5 constants on the model's device (a GPU, if the model was moved there)."""
+    device = next(model.parameters()).device
+    if device == terms.target.device:
+        return terms
+    return kernels.LossTerms(terms.gram.to(device), terms.target.to(device), terms.optimal.to(device),
+                             terms.n_tokens, terms.dtype)
 
 
 class _Recorder:
     """Evaluates a model on the fixed test prompts and appends to a history (evaluation time is not counted)."""
 
-    def __init__(self, model, Z_all, tau, terms, test, history, n_gap_prompts, generator, progress, steps):
+    def __init__(self, model, terms, test, history, progress, steps):
         self.model, self.terms, self.test, self.history = model, terms, test, history
         self.linear = callable(getattr(model, "attention_matrix", None))
-        self.dtype = _param_dtype(model)
-        if not self.linear:
-            # A fixed Monte-Carlo set for L - L* when the model is not linear in y (no closed form).
-            if generator is None:
-                raise ValueError("generator is needed to draw the evaluation prompts for a non-linear model")
-            self.gap_prompts = sample_prompts(Z_all, model.n_labeled, tau, n_gap_prompts, generator)
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
         self.bar = tqdm(total=steps, disable=not progress, leave=False, desc=history.method)
+
+    def _predict(self, y: torch.Tensor) -> torch.Tensor:
+        return self.model(y.to(self.device, self.dtype)).double().cpu()
 
     @torch.no_grad()
     def __call__(self, step: int, train_loss: float | None, elapsed: float) -> float:
-        model, h = self.model, self.history
+        model, h, test = self.model, self.history, self.test
         was_training = model.training
         model.eval()
-        K = self.terms.n_tokens
         if self.linear:
-            A_tilde = model.attention_matrix()
+            A_tilde = model.attention_matrix().double().cpu()
             gap = float(exact_gap(A_tilde, self.terms))
-            pred_in = self.test.in_domain.y.to(A_tilde.dtype) @ A_tilde
-            pred_out = self.test.out_of_domain.y.to(A_tilde.dtype) @ A_tilde
+            pred_in, pred_out = test.in_domain.y.double() @ A_tilde, test.out_of_domain.y.double() @ A_tilde
         else:
-            pred = model(self.gap_prompts.y.to(self.dtype)).double()
-            gap = float(((pred - self.gap_prompts.y_all.double()) ** 2).sum(-1).mean() / (2 * K) - self.terms.optimal)
-            pred_in = model(self.test.in_domain.y.to(self.dtype))
-            pred_out = model(self.test.out_of_domain.y.to(self.dtype))
+            # No closed form when yhat is not linear in y: estimate L on the in-domain test prompts (their labels
+            # of all K tokens are known), minus L*.
+            pred_in, pred_out = self._predict(test.in_domain.y), self._predict(test.out_of_domain.y)
+            loss = ((pred_in - test.in_domain.y_all.double()) ** 2).sum(-1).mean() / (2 * self.terms.n_tokens)
+            gap = float(loss - self.terms.optimal)
         model.train(was_training)
         h.step.append(step)
         h.loss_gap.append(gap)
         # Before the first step there is no training loss yet: record L(theta_0) = gap + L*.
         h.train_loss.append(float(gap + self.terms.optimal) if train_loss is None else float(train_loss))
-        h.in_domain.append(float(kernels.inference_loss(pred_in.double(), self.test.star_in)))
-        h.out_of_domain.append(float(kernels.inference_loss(pred_out.double(), self.test.star_out)))
+        # (1/K)||yhat - yhat*||^2 averaged over prompts, as kernels.inference_loss, but NaN passes (divergence).
+        h.in_domain.append(float(((pred_in - test.star_in) ** 2).mean()))
+        h.out_of_domain.append(float(((pred_out - test.star_out) ** 2).mean()))
         w = getattr(model, "w", None)
         h.w_norm.append(float(w.norm()) if isinstance(w, torch.Tensor) else float("nan"))
         h.elapsed_s.append(elapsed)
@@ -251,7 +255,6 @@ def _run(
     progress: bool,
     callback: Callable[[int, nn.Module], None] | None,
     config: dict,
-    n_gap_prompts: int = 2000,
 ) -> TrainingHistory:
     """The loop every method shares: evaluate at step 0 and every ``eval_every`` steps, stop on steps/time/target."""
     if callback is not None and not callable(callback):
@@ -263,7 +266,7 @@ def _run(
         raise ValueError("test_prompts were drawn for another N or K than this model and Z_all")
     linear = callable(getattr(model, "attention_matrix", None))
     history = TrainingHistory(method=method, exact_gap=linear, config=config)
-    record = _Recorder(model, Z_all, setup.tau, setup.terms, test, history, n_gap_prompts, generator, progress, steps)
+    record = _Recorder(model, setup.terms, test, history, progress, steps)
 
     elapsed, running, n_running, step = 0.0, 0.0, 0, 0
     first = record(0, None, 0.0)
@@ -284,7 +287,7 @@ def _run(
             running, n_running = 0.0, 0
             if callback is not None:
                 callback(step, model)
-            if not math.isfinite(history.loss_gap[-1]):
+            if not (math.isfinite(history.loss_gap[-1]) and math.isfinite(history.in_domain[-1])):
                 history.stop_reason = "diverged"
             elif stop_at_inference is not None and inference <= stop_at_inference:
                 history.stop_reason = "target"
@@ -329,7 +332,7 @@ def train_exact_gd(
     setup = _setup(
         model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, True
     )
-    terms = setup.terms
+    terms = _terms_on(setup.terms, model)
     rates = [(p, eta_Q * gamma2 if name.split(".")[-1] == "w" else eta_Q) for name, p in model.named_parameters()]
 
     def step_fn() -> float:
@@ -340,7 +343,7 @@ def train_exact_gd(
         with torch.no_grad():
             for p, lr in rates:
                 p.sub_(lr * p.grad)
-        return float(gap) + float(terms.optimal)
+        return float(gap.detach()) + float(terms.optimal)
 
     config = {"eta_Q": eta_Q, "gamma2": gamma2, "eta_w": eta_Q * gamma2, "tau": setup.tau}
     return _run("exact GD", model, setup, step_fn, test_prompts, generator, progress, callback, config)
@@ -369,7 +372,7 @@ def train_adam_exact(
     setup = _setup(
         model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, True
     )
-    terms = setup.terms
+    terms = _terms_on(setup.terms, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def step_fn() -> float:
@@ -377,7 +380,7 @@ def train_adam_exact(
         gap = exact_gap(model.attention_matrix(), terms)
         gap.backward()
         optimizer.step()
-        return float(gap) + float(terms.optimal)
+        return float(gap.detach()) + float(terms.optimal)
 
     config = {"lr": lr, "tau": setup.tau}
     return _run("exact Adam", model, setup, step_fn, test_prompts, generator, progress, callback, config)
@@ -401,7 +404,6 @@ def train_adam_monte_carlo(
     time_budget_s: float | None = None,
     stop_at_inference: float | None = None,
     callback: Callable[[int, nn.Module], None] | None = None,
-    n_gap_prompts: int = 2000,
     progress: bool = True,
 ) -> TrainingHistory:
     """The paper's training: Adam on L_hat = (1/2K) mean_batch sum_k (yhat_k - y_k)^2 over sampled prompts.
@@ -409,20 +411,20 @@ def train_adam_monte_carlo(
     ``n_train_prompts`` prompts (lambda ~ N(0, I_m), noisy labels of all K tokens, :func:`icllib.prompts.sample_prompts`)
     are drawn once from ``generator``; each step takes a minibatch of ``batch_size`` of them (reshuffled every
     epoch). Any model with ``n_labeled`` and ``model(y (..., N)) -> (..., K)`` trains, in its own dtype. The gap
-    L - L* in the history is exact for the one-layer model and a Monte-Carlo estimate on ``n_gap_prompts`` fixed
-    prompts otherwise. ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time).
+    L - L* in the history is exact for the one-layer model and a Monte-Carlo estimate on the in-domain
+    test prompts otherwise. ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time).
     """
     check_generator("generator", generator)
     n_train_prompts = check_int("n_train_prompts", n_train_prompts, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1, maximum=n_train_prompts)
     lr = check_float("lr", lr, minimum=0.0, strict=True)
-    n_gap_prompts = check_int("n_gap_prompts", n_gap_prompts, minimum=2)
     setup = _setup(
         model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, False
     )
-    K, dtype = setup.n_tokens, _param_dtype(model)
+    K, param = setup.n_tokens, next(model.parameters())
     train = sample_prompts(setup.Z_all, setup.n_labeled, setup.tau, n_train_prompts, generator)
-    y_train, target = train.y.to(dtype), train.y_all.to(dtype)
+    # The prompts live where the model lives (a GPU, if the model was moved there), in its dtype.
+    y_train, target = train.y.to(param.device, param.dtype), train.y_all.to(param.device, param.dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
 
@@ -430,15 +432,13 @@ def train_adam_monte_carlo(
         nonlocal order, cursor
         if cursor + batch_size > n_train_prompts:
             order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
-        idx = order[cursor : cursor + batch_size]
+        idx = order[cursor : cursor + batch_size].to(param.device)
         cursor += batch_size
         optimizer.zero_grad(set_to_none=True)
         loss = ((model(y_train[idx]) - target[idx]) ** 2).sum(-1).mean() / (2 * K)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     config = {"lr": lr, "batch_size": batch_size, "n_train_prompts": n_train_prompts, "tau": setup.tau}
-    return _run(
-        "Monte-Carlo Adam", model, setup, step_fn, test_prompts, generator, progress, callback, config, n_gap_prompts
-    )
+    return _run("Monte-Carlo Adam", model, setup, step_fn, test_prompts, generator, progress, callback, config)

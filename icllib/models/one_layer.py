@@ -64,28 +64,31 @@ def general_form_predictions(
     y = as_float_tensor("y", y, dtype=tokens.dtype)
     if y.ndim < 1 or y.shape[-1] != n_labeled:
         raise ValueError(f"y must have shape (..., n_labeled={n_labeled}), got {tuple(y.shape)}")
-    n_heads = weights.W_Q.shape[0]
-    for name, mat in (("W_Q", weights.W_Q), ("W_K", weights.W_K), ("W_V", weights.W_V)):
+    if not isinstance(weights, GeneralFormWeights):
+        raise TypeError(f"weights must be a GeneralFormWeights, got {type(weights).__name__}")
+    W_Q, W_K, W_V = (as_float_tensor(f"weights.{n}", getattr(weights, n), ndim=3, dtype=tokens.dtype)
+                     for n in ("W_Q", "W_K", "W_V"))
+    W_O = as_float_tensor("weights.W_O", weights.W_O, ndim=2, dtype=tokens.dtype)
+    n_heads = W_Q.shape[0]
+    for name, mat in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V)):
         if tuple(mat.shape) != (n_heads, dim + 1, dim + 1):
             raise ValueError(f"weights.{name} must have shape {(n_heads, dim + 1, dim + 1)}, got {tuple(mat.shape)}")
-    if tuple(weights.W_O.shape) != (n_tokens, n_heads * (dim + 1)):
-        raise ValueError(
-            f"weights.W_O must have shape {(n_tokens, n_heads * (dim + 1))}, got {tuple(weights.W_O.shape)}"
-        )
+    if tuple(W_O.shape) != (n_tokens, n_heads * (dim + 1)):
+        raise ValueError(f"weights.W_O must have shape {(n_tokens, n_heads * (dim + 1))}, got {tuple(W_O.shape)}")
 
     batch = y.shape[:-1]
     V = tokens[:n_labeled]  # (N, d)
     E_P = torch.cat([V.expand(*batch, -1, -1), y.unsqueeze(-1)], dim=-1).transpose(-1, -2)  # (..., d+1, N)
     E_Q = torch.cat([tokens, tokens.new_zeros(n_tokens, 1)], dim=1).T  # (d+1, K): the query label slot is empty
     # Head-major batch: (..., H, d+1, N) for keys and values, (H, d+1, K) for the queries.
-    K_P = torch.einsum("hij,...jn->...hin", weights.W_K, E_P)
-    V_P = torch.einsum("hij,...jn->...hin", weights.W_V, E_P)
-    Q_Q = torch.einsum("hij,jk->hik", weights.W_Q, E_Q)
+    K_P = torch.einsum("hij,...jn->...hin", W_K, E_P)
+    V_P = torch.einsum("hij,...jn->...hin", W_V, E_P)
+    Q_Q = torch.einsum("hij,jk->hik", W_Q, E_Q)
     scores = torch.einsum("...hin,hik->...hnk", K_P, Q_Q)  # (..., H, N, K)
     heads = V_P @ torch.softmax(scores, dim=-2)  # (..., H, d+1, K)
     stacked = heads.reshape(*batch, n_heads * (dim + 1), n_tokens)  # [head_1; ...; head_H]
     # Diagonal of W^O @ stacked without forming the K x K matrix.
-    return torch.einsum("kj,...jk->...k", weights.W_O, stacked)
+    return torch.einsum("kj,...jk->...k", W_O, stacked)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,308 @@
+"""Tests of icllib.task_vectors: extraction, patching identities, sweep equivalence, evaluation, bad inputs."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from icllib import llm
+from icllib import task_vectors as tv
+
+ARCHS = ["llama", "gpt_neox", "gptj", "gpt2"]
+LETTERS = [(c, chr(ord(c) + 1)) for c in string.ascii_lowercase[:-1]]  # next_letter, 25 pairs
+PROMPTS = ["example:a->b\nexample:k->", "example:q->", "zz->y\nh->"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny(request):
+    return llm.tiny_random_model(request.param, n_layers=3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return llm.CharTokenizer()
+
+
+def _logits(model, tokenizer, prompts):
+    return llm.forward_last(model, **llm.tokenize_left_padded(tokenizer, prompts))[0]
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared CPU, two threads waiting on each other make tiny ops ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Formats
+# ----------------------------------------------------------------------------------------------------------------
+def test_format_prompt():
+    demos = [("a", "b"), ("c", "d")]
+    assert tv.format_prompt(demos, "e") == "example:a-> b\nexample:c-> d\nexample:e->"
+    assert tv.format_prompt(demos, "e", "bare") == "a -> b\nc -> d\ne ->"
+    assert tv.format_prompt([], "e", "qa+bos") == "Q: e\nA:"
+    plain = tv.PromptFormat(prefix="", arrow=":", separator=", ", output_space=False)
+    assert tv.format_prompt(demos, "e", plain) == "a:b, c:d, e:"
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: tv.format_prompt([("a", "b")], "e", "nope"), ValueError),
+        (lambda: tv.format_prompt([("a", "b")], "e", 3), TypeError),
+        (lambda: tv.format_prompt([("a", "b")], 5), TypeError),
+        (lambda: tv.format_prompt(["ab"], "e"), TypeError),
+        (lambda: tv.PromptFormat(arrow=""), ValueError),
+        (lambda: tv.PromptFormat(bos=1), TypeError),
+        (lambda: tv.PromptFormat(prefix=None), TypeError),
+    ],
+)
+def test_format_bad_inputs(call, error):
+    with pytest.raises(error):
+        call()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Patching identities (exact, any weights)
+# ----------------------------------------------------------------------------------------------------------------
+def test_patching_the_state_the_prompt_has_changes_nothing(tiny, tok):
+    states = tv.last_position_states(tiny, tok, PROMPTS)  # (3, L, d)
+    plain = _logits(tiny, tok, PROMPTS)
+    for method in ("kv", "batched", "naive"):
+        patched = tv.patched_predictions(tiny, tok, PROMPTS, states, method=method, return_logits=True)
+        for k in range(states.shape[1]):
+            torch.testing.assert_close(patched[:, k], plain, atol=1e-5, rtol=1e-5)
+
+
+def test_adding_zero_changes_nothing_and_adding_h_doubles_it(tiny, tok):
+    states = tv.last_position_states(tiny, tok, PROMPTS)
+    plain = _logits(tiny, tok, PROMPTS)
+    added0 = tv.patched_predictions(tiny, tok, PROMPTS, torch.zeros_like(states), mode="add", return_logits=True)
+    torch.testing.assert_close(added0[:, 1], plain, atol=1e-5, rtol=1e-5)
+    added = tv.patched_predictions(tiny, tok, PROMPTS, states, layers=[1], mode="add", return_logits=True)
+    doubled = tv.patched_predictions(tiny, tok, PROMPTS, 2 * states, layers=[1], return_logits=True)
+    torch.testing.assert_close(added, doubled, atol=1e-5, rtol=1e-5)
+
+
+def test_patching_at_the_last_layer_reproduces_that_states_prediction(tiny, tok):
+    source = tv.last_position_states(tiny, tok, PROMPTS)[:, -1, :]  # h_{L-1} of each source prompt
+    targets = ["q->", "abc->", "hello world->"]  # other prompts, other lengths
+    patched = tv.patched_predictions(tiny, tok, targets, source, layers=[llm.n_layers(tiny) - 1],
+                                     return_logits=True)[:, 0]
+    torch.testing.assert_close(patched, _logits(tiny, tok, PROMPTS), atol=1e-5, rtol=1e-5)
+    # ... which the vocabulary projection reads directly
+    plain = _logits(tiny, tok, PROMPTS[:1])[0]
+    top = tv.project_to_vocabulary(tiny, tok, source[0], k=3, alphabetic=False)
+    visible = [i for i in torch.argsort(plain, descending=True).tolist() if tok.decode([i]).strip()][:3]
+    assert [text for text, _ in top] == [tok.decode([i]).strip() for i in visible]
+    np.testing.assert_allclose([value for _, value in top], plain[visible].numpy(), atol=1e-5)
+
+
+def test_sweep_methods_agree(tiny, tok):
+    """KV-cached sweep == one batched forward per layer == one forward per (prompt, layer)."""
+    theta = torch.randn(len(PROMPTS), llm.n_layers(tiny), llm.hidden_size(tiny), generator=torch.Generator().manual_seed(0))
+    results = {m: tv.patched_predictions(tiny, tok, PROMPTS, theta, method=m, return_logits=True)
+               for m in ("kv", "batched", "naive")}
+    torch.testing.assert_close(results["kv"], results["naive"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results["batched"], results["naive"], atol=1e-5, rtol=1e-5)
+    few = tv.patched_predictions(tiny, tok, PROMPTS, theta[:, [2, 0]], layers=[2, 0], max_rows=2)
+    assert torch.equal(few, results["naive"][:, [2, 0]].argmax(-1))
+
+
+def test_grouped_states_match_prompt_by_prompt(tiny, tok):
+    groups = [["ab->c\nd->", "ab->c\nxyz->"], ["q->", "r->"], ["long prefix here->", "long prefix here->"]]
+    states, ids = tv.grouped_last_states(tiny, tok, groups)
+    flat = [p for g in groups for p in g]
+    torch.testing.assert_close(states.view(len(flat), *states.shape[2:]), tv.last_position_states(tiny, tok, flat),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(ids.view(-1), tv.predict(tiny, tok, flat))
+
+
+def test_task_vector_is_the_mean_over_dummies(tok):
+    model = llm.tiny_random_model("llama", n_layers=2, seed=3)
+    demos = [LETTERS[:3], LETTERS[5:8]]
+    dummies = [["x", "y"], ["p", "q"]]
+    theta = tv.extract_task_vectors(model, tok, demos, dummies)
+    prompts = [tv.format_prompt(d, q) for d, qs in zip(demos, dummies) for q in qs]
+    states = tv.last_position_states(model, tok, prompts).view(2, 2, 2, -1)
+    torch.testing.assert_close(theta, states.mean(1), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The default model
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def default_pair():
+    return llm.load_model()
+
+
+def test_default_model_sweeps_agree(default_pair):
+    model, tokenizer = default_pair
+    demos = [[("a", "A"), ("b", "B"), ("c", "C")]] * 2
+    theta = tv.extract_task_vectors(model, tokenizer, demos, [["x", "y"], ["p", "q"]])
+    prompts = [tv.format_prompt([], "d"), tv.format_prompt([], "kite")]
+    layers = [0, 15, 29]
+    kv = tv.patched_predictions(model, tokenizer, prompts, theta, layers, method="kv", return_logits=True)
+    naive = tv.patched_predictions(model, tokenizer, prompts, theta, layers, method="naive", return_logits=True)
+    torch.testing.assert_close(kv, naive, atol=2e-3, rtol=1e-4)
+    assert torch.equal(kv.argmax(-1), naive.argmax(-1))
+    # and the prompt's own state changes nothing
+    own = tv.last_position_states(model, tokenizer, prompts)
+    same = tv.patched_predictions(model, tokenizer, prompts, own, [20], return_logits=True)[:, 0]
+    torch.testing.assert_close(same, _logits(model, tokenizer, prompts), atol=2e-3, rtol=1e-4)
+
+
+def test_default_model_task_vector_works_on_to_upper(default_pair):
+    """The effect the book is about, small: theta(S) of to_upper turns 'x ->' into 'X' at a middle layer."""
+    model, tokenizer = default_pair
+    letters = [(c, c.upper()) for c in string.ascii_lowercase]
+    result = tv.evaluate(model, tokenizer, letters, n_dev=6, n_test=6, n_baseline=6, layers=range(14, 26),
+                         progress=False)
+    assert result.icl >= 0.8 and result.tv >= 0.5 and result.baseline <= 0.2
+    assert 14 <= result.best_layer < 26
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate / conflicting tasks on tiny models
+# ----------------------------------------------------------------------------------------------------------------
+def test_evaluate_on_a_tiny_model(tok):
+    model = llm.tiny_random_model("gpt2", n_layers=2, seed=4)
+    result = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=4, n_test=5, n_baseline=7, seed=1, progress=False)
+    assert result.dev_curve.shape == (2,) and 0 <= result.best_layer < 2
+    for value in (result.baseline, result.icl, result.tv):
+        assert 0.0 <= value <= 1.0
+    assert len(result.test_queries) == 5 and len(result.baseline_queries) == 7
+    assert result.theta_test.shape == (5, 32)
+    assert {"tv", "icl", "baseline"} <= set(result.predictions)
+    again = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=4, n_test=5, n_baseline=7, seed=1, progress=False)
+    assert again.test_queries == result.test_queries and np.array_equal(again.dev_curve, result.dev_curve)
+    always = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=2, n_test=2, n_baseline=2, seed=1,
+                         scorer=lambda x, y, p: True, layers=[1], progress=False)
+    assert always.icl == always.tv == always.baseline == 1.0 and always.best_layer == 1
+    assert np.isnan(always.dev_curve[0])
+
+
+class _ToyLM(nn.Module):
+    """A non-Hugging-Face causal LM (token-wise, so padding is harmless) exposing model_parts()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.embed = nn.Embedding(128, 16)
+        self.layers = nn.ModuleList([nn.Linear(16, 16) for _ in range(3)])
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 128)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+
+    def model_parts(self) -> llm.ModelParts:
+        return llm.ModelParts(blocks=self.layers, final_norm=self.norm, unembedding=self.head)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        for layer in self.layers:
+            h = h + torch.tanh(layer(h))
+        return self.head(self.norm(h))
+
+
+def test_non_hf_model_runs_the_whole_method(tok):
+    toy = _ToyLM().eval()
+    result = tv.evaluate(toy, tok, LETTERS, n_demos=2, n_dev=3, n_test=3, n_baseline=3, progress=False)
+    assert result.n_layers == 3
+    states = tv.last_position_states(toy, tok, PROMPTS)
+    same = tv.patched_predictions(toy, tok, PROMPTS, states, return_logits=True)
+    torch.testing.assert_close(same[:, 0], _logits(toy, tok, PROMPTS))
+    with pytest.raises(ValueError, match="kv"):
+        tv.patched_predictions(toy, tok, PROMPTS, states, method="kv")
+
+
+def test_conflicting_tasks_on_a_tiny_model(tok):
+    model = llm.tiny_random_model("llama", n_layers=2, seed=5)
+    upper = [(c, c.upper()) for c in string.ascii_lowercase]
+    result = tv.conflicting_tasks(model, tok, LETTERS, upper, layer=1, n_sets=4, n_demos=3)
+    assert result.n_sets == 4 and len(result.predictions_after) == 4
+    for value in (result.a_before, result.b_before, result.a_after, result.b_after):
+        assert 0.0 <= value <= 1.0
+    with pytest.raises(ValueError, match="share no input"):
+        tv.conflicting_tasks(model, tok, LETTERS, [("A", "a")], layer=1)
+    with pytest.raises(ValueError):
+        tv.conflicting_tasks(model, tok, LETTERS, upper, layer=2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    return llm.tiny_random_model("llama", n_layers=2, seed=6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"pairs": []}, ValueError, "at least one"),
+        ({"pairs": "ab"}, TypeError, "pairs"),
+        ({"pairs": [("a", 1)]}, TypeError, "pairs"),
+        ({"n_demos": 30}, ValueError, "n_demos"),
+        ({"n_demos": 0}, ValueError, "n_demos"),
+        ({"n_dev": 0}, ValueError, "n_dev"),
+        ({"n_test": 2.5}, TypeError, "n_test"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"layers": [5]}, ValueError, "layers"),
+        ({"layers": [0, 0]}, ValueError, "repeat"),
+        ({"scorer": "exact"}, TypeError, "scorer"),
+        ({"fmt": "nope"}, ValueError, "fmt"),
+        ({"method": "fast"}, ValueError, "method"),
+        ({"pairs": [("a", "b"), ("a", "c"), ("d", "e")], "n_demos": 1}, ValueError, "unique"),
+    ],
+)
+def test_evaluate_bad_inputs(small, tok, kwargs, error, match):
+    args = {"pairs": LETTERS, "n_demos": 2, "n_dev": 2, "n_test": 2, "n_baseline": 2, "progress": False}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        tv.evaluate(small, tok, **args)
+
+
+def test_patching_bad_inputs(small, tok):
+    theta = torch.zeros(2, 2, 32)
+    prompts = ["a->", "b->"]
+    with pytest.raises(ValueError, match="layer"):
+        tv.patched_predictions(small, tok, prompts, theta[:, 0], layers=[2])
+    with pytest.raises(ValueError, match="layer"):
+        tv.patched_predictions(small, tok, prompts, theta[:, 0], layers=[-1])
+    with pytest.raises(ValueError, match="theta"):
+        tv.patched_predictions(small, tok, prompts, torch.zeros(3, 2, 32))
+    with pytest.raises(ValueError, match="theta"):
+        tv.patched_predictions(small, tok, prompts, torch.zeros(2, 2, 31))
+    with pytest.raises(ValueError, match="one layer"):
+        tv.patched_predictions(small, tok, prompts, theta[:, 0])
+    with pytest.raises(TypeError, match="theta"):
+        tv.patched_predictions(small, tok, prompts, np.zeros((2, 2, 32)))
+    with pytest.raises(ValueError, match="mode"):
+        tv.patched_predictions(small, tok, prompts, theta, mode="swap")
+    with pytest.raises(ValueError, match="prompts"):
+        tv.patched_predictions(small, tok, [], theta)
+    with pytest.raises(ValueError, match="vectors"):
+        with tv.patch_last_position(small, {0: (torch.tensor([0, 1]), torch.zeros(1, 32))}):
+            pass
+    with pytest.raises(ValueError, match="layer"):
+        with tv.capture_last_position(small, layers=[7]):
+            pass
+    with pytest.raises(ValueError, match="differ"):
+        tv.extract_task_vectors(small, tok, [LETTERS[:2]], [["x"], ["y"]])
+    with pytest.raises(ValueError, match="dummy"):
+        tv.extract_task_vectors(small, tok, [LETTERS[:2]], [[]])
+    with pytest.raises(ValueError, match="same length"):
+        tv.grouped_last_states(small, tok, [["a->"], ["b->", "c->"]])
+    with pytest.raises(ValueError, match="shape"):
+        tv.project_to_vocabulary(small, tok, torch.zeros(5))
+    with pytest.raises(ValueError, match="k"):
+        tv.project_to_vocabulary(small, tok, torch.zeros(32), k=0)

@@ -1,0 +1,197 @@
+"""Tests of the training loops (icllib.train) on small problems."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from icllib import basis, kernels, train
+from icllib.models.one_layer import OneLayerMultiHead
+
+N, K, D, M, H, TAU = 5, 16, 6, 4, 8, 0.1
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny: one thread avoids the thread-pool overhead that dominates on busy shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _problem(seed: int = 0, n_heads: int = H, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    tokens = basis.gaussian_dictionary(K, D, g)
+    Z_all = basis.GaussianLookupFeatures(tokens, M, g)(tokens)
+    model = OneLayerMultiHead(tokens, N, n_heads, generator=g, dtype=dtype)
+    return model, Z_all, g
+
+
+def test_exact_gap_matches_population_loss_and_its_gradient():
+    model, Z_all, g = _problem()
+    with torch.no_grad():
+        model.w.normal_(generator=g)
+    terms = kernels.loss_terms(Z_all, N, TAU)
+    A_tilde = model.attention_matrix()
+    gap = train.exact_gap(A_tilde, terms)
+    expected = kernels.population_loss(A_tilde, Z_all, N, TAU) - kernels.optimal_loss(Z_all, N, TAU)
+    torch.testing.assert_close(gap, expected, rtol=1e-10, atol=1e-12)
+    # autograd through the gap == the closed-form dL/dA_tilde chained into A_tilde.backward
+    grads = torch.autograd.grad(gap, (model.Q, model.w))
+    chained = torch.autograd.grad(
+        model.attention_matrix(), (model.Q, model.w), grad_outputs=kernels.population_loss_grad(A_tilde, Z_all, N, TAU)
+    )
+    for a, b in zip(grads, chained, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_make_test_prompts():
+    _, Z_all, g = _problem()
+    test = train.make_test_prompts(Z_all, N, TAU, g, n_prompts=7)
+    assert test.in_domain.y.shape == (7, N) and test.star_out.shape == (7, K)
+    A = kernels.target_matrix(Z_all, N, TAU)
+    torch.testing.assert_close(test.star_in, test.in_domain.y @ A)
+    # out-of-domain tasks have mean 1
+    big = train.make_test_prompts(Z_all, N, TAU, g, n_prompts=2000)
+    assert abs(float(big.out_of_domain.lam.mean()) - 1.0) < 0.1 and abs(float(big.in_domain.lam.mean())) < 0.1
+
+
+def test_one_gd_step_uses_two_step_sizes():
+    model, Z_all, g = _problem()
+    with torch.no_grad():
+        model.w.normal_(generator=g)
+    terms = kernels.loss_terms(Z_all, N, TAU)
+    g_Q, g_w = torch.autograd.grad(train.exact_gap(model.attention_matrix(), terms), (model.Q, model.w))
+    Q0, w0 = model.Q.detach().clone(), model.w.detach().clone()
+    train.train_exact_gd(model, Z_all, TAU, steps=1, eta_Q=0.1, gamma2=3.0, generator=g, progress=False)
+    torch.testing.assert_close(model.Q.detach(), Q0 - 0.1 * g_Q)
+    torch.testing.assert_close(model.w.detach(), w0 - 0.3 * g_w)
+
+
+def test_gd_decreases_gap_and_history_fields():
+    model, Z_all, g = _problem()
+    hist = train.train_exact_gd(model, Z_all, TAU, steps=60, eta_Q=0.5, gamma2=4.0, eval_every=10, generator=g,
+                                progress=False)
+    assert hist.step == [0, 10, 20, 30, 40, 50, 60]
+    n = len(hist.step)
+    for name in ("loss_gap", "train_loss", "in_domain", "out_of_domain", "w_norm", "elapsed_s"):
+        assert len(getattr(hist, name)) == n, name
+    assert all(b < a for a, b in zip(hist.loss_gap, hist.loss_gap[1:], strict=False))
+    assert hist.loss_gap[-1] < 0.5 * hist.loss_gap[0]
+    assert hist.in_domain[-1] < hist.in_domain[0]
+    assert hist.exact_gap and hist.stop_reason == "steps" and hist.method == "exact GD"
+    assert hist.w_norm[0] == 0.0 and hist.step_time_s > 0
+    L_star = float(kernels.optimal_loss(Z_all, N, TAU))
+    assert math.isclose(hist.train_loss[0], hist.loss_gap[0] + L_star, rel_tol=1e-9)
+    arrays = hist.arrays()
+    assert arrays["step"].shape == (n,)
+    assert hist.first_step_below("loss_gap", hist.loss_gap[2])[0] == 20
+
+
+def test_stop_reasons_and_callback():
+    model, Z_all, g = _problem()
+    test = train.make_test_prompts(Z_all, N, TAU, g)
+    seen = []
+    hist = train.train_exact_gd(model, Z_all, TAU, steps=500, eval_every=5, test_prompts=test,
+                                stop_at_inference=1e9, callback=lambda s, m: seen.append(s), progress=False)
+    assert hist.stop_reason == "target" and hist.step == [0] and seen == [0]
+    hist = train.train_exact_gd(model, Z_all, TAU, steps=500, eval_every=50, test_prompts=test, time_budget_s=1e-9,
+                                progress=False)
+    assert hist.stop_reason == "time_budget" and hist.step == [0, 1]
+    hist = train.train_exact_gd(model, Z_all, TAU, steps=50, eta_Q=1e4, gamma2=1e4, eval_every=5, test_prompts=test,
+                                progress=False)
+    assert hist.stop_reason == "diverged" and not math.isfinite(hist.loss_gap[-1])
+
+
+def test_same_test_prompts_same_start():
+    model_a, Z_all, g = _problem()
+    model_b, _, _ = _problem()
+    test = train.make_test_prompts(Z_all, N, TAU, g)
+    ha = train.train_exact_gd(model_a, Z_all, TAU, steps=0, test_prompts=test, progress=False)
+    hb = train.train_adam_exact(model_b, Z_all, TAU, steps=0, test_prompts=test, progress=False)
+    assert ha.in_domain == hb.in_domain and ha.loss_gap == hb.loss_gap
+
+
+def test_adam_exact_decreases_gap():
+    model, Z_all, g = _problem()
+    hist = train.train_adam_exact(model, Z_all, TAU, steps=100, lr=1e-2, eval_every=50, generator=g, progress=False)
+    assert hist.loss_gap[-1] < 0.5 * hist.loss_gap[0] and hist.method == "exact Adam"
+
+
+def test_adam_monte_carlo_one_layer_and_float32():
+    model, Z_all, g = _problem(dtype=torch.float32)
+    hist = train.train_adam_monte_carlo(model, Z_all, TAU, steps=80, n_train_prompts=500, batch_size=64, lr=1e-2,
+                                        eval_every=40, generator=g, progress=False)
+    assert hist.exact_gap and hist.loss_gap[-1] < hist.loss_gap[0]
+    assert hist.train_loss[-1] < hist.train_loss[0] and hist.config["batch_size"] == 64
+
+
+class _TinyNonLinear(nn.Module):
+    """A model that is not linear in y (no attention_matrix): predictions from a small MLP."""
+
+    def __init__(self, n_labeled: int, n_tokens: int) -> None:
+        super().__init__()
+        self.n_labeled, self.n_tokens = n_labeled, n_tokens
+        self.net = nn.Sequential(nn.Linear(n_labeled, 16), nn.Tanh(), nn.Linear(16, n_tokens))
+
+    def forward(self, y):
+        return self.net(y)
+
+
+def test_adam_monte_carlo_any_model():
+    _, Z_all, g = _problem()
+    torch.manual_seed(0)  # nn.Linear's default initialisation (this test model only)
+    model = _TinyNonLinear(N, K)
+    hist = train.train_adam_monte_carlo(model, Z_all, TAU, steps=60, n_train_prompts=300, batch_size=50, lr=1e-2,
+                                        eval_every=30, generator=g, progress=False)
+    assert not hist.exact_gap and math.isnan(hist.w_norm[0])
+    assert hist.loss_gap[-1] < hist.loss_gap[0]
+
+
+def test_adam_monte_carlo_multilayer_transformer():
+    multilayer = pytest.importorskip("icllib.models.multilayer")
+    _, Z_all, g = _problem()
+    tokens = basis.gaussian_dictionary(K, D, torch.Generator().manual_seed(0))
+    model = multilayer.MultiLayerTransformer(tokens, N, d_model=8, n_layers=1, n_heads=2, d_ff=8, generator=g)
+    hist = train.train_adam_monte_carlo(model, Z_all, TAU, steps=4, n_train_prompts=64, batch_size=16, lr=1e-3,
+                                        eval_every=2, generator=g, progress=False)
+    assert hist.step == [0, 2, 4] and not hist.exact_gap
+
+
+def test_bad_inputs():
+    model, Z_all, g = _problem()
+    with pytest.raises(TypeError, match="attention_matrix"):
+        train.train_exact_gd(_TinyNonLinear(N, K), Z_all, TAU, steps=1, generator=g)
+    with pytest.raises(TypeError, match="nn.Module"):
+        train.train_exact_gd("model", Z_all, TAU, steps=1, generator=g)
+    with pytest.raises(ValueError, match="K=20"):
+        train.train_exact_gd(model, torch.zeros(M, 20, dtype=torch.float64), TAU, steps=1, generator=g)
+    with pytest.raises(ValueError, match="steps"):
+        train.train_exact_gd(model, Z_all, TAU, steps=-1, generator=g)
+    with pytest.raises(ValueError, match="eta_Q"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, eta_Q=0.0, generator=g)
+    with pytest.raises(ValueError, match="gamma2"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, gamma2=-1.0, generator=g)
+    with pytest.raises(ValueError, match="tau"):
+        train.train_exact_gd(model, Z_all, -0.1, steps=1, generator=g)
+    with pytest.raises(ValueError, match="test_prompts or a generator"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1)
+    with pytest.raises(TypeError, match="test_prompts"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, test_prompts="x")
+    with pytest.raises(TypeError, match="callback"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, generator=g, callback=3, progress=False)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, generator=g, time_budget_s=0.0)
+    with pytest.raises(ValueError, match="lr"):
+        train.train_adam_exact(model, Z_all, TAU, steps=1, lr=0.0, generator=g)
+    with pytest.raises(ValueError, match="batch_size"):
+        train.train_adam_monte_carlo(model, Z_all, TAU, steps=1, n_train_prompts=10, batch_size=20, generator=g)
+    with pytest.raises(TypeError, match="generator"):
+        train.train_adam_monte_carlo(model, Z_all, TAU, steps=1, generator=None)
+    with pytest.raises(TypeError, match="generator"):
+        train.make_test_prompts(Z_all, N, TAU, generator=1)
+    other = train.make_test_prompts(Z_all, N + 1, TAU, g, n_prompts=3)
+    with pytest.raises(ValueError, match="another N or K"):
+        train.train_exact_gd(model, Z_all, TAU, steps=1, test_prompts=other, progress=False)
