@@ -6,7 +6,8 @@ K = 200, d = 100, m = 20, H = 64, tau = 0.1) it measures
 1. the training time to reach an in-domain inference loss (1/K)||yhat - yhat*||^2 <= 1e-3 with
    (a) gradient descent on the exact loss (Lemma 5; eta_Q = 0.5, eta_w = 4 eta_Q, float64),
    (b) Adam on the exact loss (lr 1e-2, float64),
-   (c) the paper's recipe, Adam (lr 1e-4) on batches of 256 from 10,000 sampled prompts (float32), capped;
+   (c) the paper's recipe, Adam (lr 1e-4) on batches of 256 from 10,000 sampled prompts (float32), capped at
+       1.5 times the time exact GD needed (60 s at least, 600 s at most; 15 s with --quick);
    and prints the ratios to (a), measured in the same run;
 2. the time of one exact-GD step with autograd through the gap against the closed-form dL/dA_tilde chained into
    ``A_tilde.backward``, float64 against float32;
@@ -115,23 +116,26 @@ def main() -> None:
 
     # 1. Time to reach the target.
     print(f"\nTraining time to in-domain inference loss <= {TARGET:g} (paper size, H = {H})")
-    results = [
-        time_to_target("exact_gd", cap_exact, 20_000),
-        time_to_target("exact_adam", cap_exact, 20_000),
-        time_to_target("mc_adam", cap_mc, 1_000_000),
-    ]
-    gd = results[0]
-    print(f"{'method':<20}{'reached':>9}{'steps':>9}{'seconds':>10}{'ms/step':>9}{'final':>11}{'vs GD':>16}")
+    results = [time_to_target("exact_gd", cap_exact, 20_000), time_to_target("exact_adam", cap_exact, 20_000)]
+    # Give the paper's recipe more time than exact GD needed (up to 600 s), so a miss is a clear "slower than GD".
+    if results[0]["reached"]:
+        cap_mc = min(max(cap_mc, 1.5 * results[0]["seconds"]), 600.0)
+    results.append(time_to_target("mc_adam", cap_mc, 1_000_000))
+    # The baseline of the ratios: exact GD if it reached the target, else the fastest exact-loss method that did.
+    reached = [r for r in results[:2] if r["reached"]]
+    base = results[0] if results[0]["reached"] else min(reached, key=lambda r: r["seconds"], default=None)
+    label = f"vs {base['method']}" if base else "ratio"
+    print(f"{'method':<20}{'reached':>11}{'steps':>9}{'seconds':>10}{'ms/step':>9}{'final':>11}{label:>22}")
     for r in results:
-        if r["reached"] and gd["reached"]:
-            ratio = f"{r['seconds'] / gd['seconds']:.2f}x"
-        elif gd["reached"]:
-            ratio = f"> {r['seconds'] / gd['seconds']:.1f}x (cap)"
-        else:
+        if base is None:
             ratio = "n/a"
+        elif r["reached"]:
+            ratio = f"{r['seconds'] / base['seconds']:.2f}x"
+        else:
+            ratio = f"> {r['seconds'] / base['seconds']:.1f}x (capped)"
         status = "yes" if r["reached"] else f"no ({r['seconds']:.0f}s)"
-        print(f"{r['method']:<20}{status:>9}{r['steps']:>9}{r['seconds']:>10.1f}{r['step_ms']:>9.2f}"
-              f"{r['final_in_domain']:>11.2e}{ratio:>16}")
+        print(f"{r['method']:<20}{status:>11}{r['steps']:>9}{r['seconds']:>10.1f}{r['step_ms']:>9.2f}"
+              f"{r['final_in_domain']:>11.2e}{ratio:>22}")
     for r in results:
         if not r["reached"]:
             print(f"  {r['method']}: not reached in {r['seconds']:.0f} s of training "

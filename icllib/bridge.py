@@ -366,13 +366,15 @@ def sample_sequences(
     shuffle: bool = False,
     bos: bool = True,
     distribution="in_domain",
+    n_demos: int | None = None,
 ) -> SequenceBatch:
     """Draw template-regression prompts (Part I's law) and write them as sequences.
 
     Labels come from :func:`icllib.prompts.sample_prompts` (``y_k = lambda^T (z_k + eps_k)``); the demonstrations
     are the N labelled tokens of Part I, ``v_1..v_N``, in this order (``shuffle=True``: in a random order per
-    prompt), and the query is a token drawn uniformly from the K - N unseen ones. The output dtype is that of
-    ``tokens``; the closed forms (``lambda_hat``, ``ridge``) are float64.
+    prompt), and the query is a token drawn uniformly from the K - N unseen ones. ``n_demos`` (0..N, default N)
+    keeps only the first ``n_demos`` demonstrations; ``lambda_hat`` and ``ridge`` are then those of the shown ones
+    (0 without any). The output dtype is that of ``tokens``; the closed forms are float64.
     """
     tokens, Z_all = _check_dictionary(tokens, Z_all)
     m, K = Z_all.shape
@@ -383,15 +385,25 @@ def sample_sequences(
     for name, value in (("shuffle", shuffle), ("bos", bos)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
+    n_demos = n_labeled if n_demos is None else check_int("n_demos", n_demos, minimum=0, maximum=n_labeled)
     Z64 = Z_all.double()
     prompts = sample_prompts(Z64, n_labeled, tau, n_prompts, generator, distribution=distribution)
     if shuffle:
         demo_index = torch.argsort(torch.rand(n_prompts, n_labeled, generator=generator), dim=1)
     else:
         demo_index = torch.arange(n_labeled).expand(n_prompts, -1).clone()
+    demo_index = demo_index[:, :n_demos]
     query_index = torch.randint(n_labeled, K, (n_prompts,), generator=generator)
     y = prompts.y_all.gather(1, demo_index)
-    theta = lambda_hat(Z64[:, :n_labeled], prompts.y, tau)  # order-free: (B1) with Part I's Z
+    if n_demos == n_labeled:
+        theta = lambda_hat(Z64[:, :n_labeled], prompts.y, tau)  # order-free: (B1) with Part I's Z
+    elif n_demos == 0:
+        theta = Z64.new_zeros(n_prompts, m)
+    else:  # (B1) with the features of the shown tokens, one small solve per prompt
+        Z_shown = Z64.T[demo_index]  # (n, n_demos, m) = Z_S^T
+        gram = Z_shown.transpose(1, 2) @ Z_shown + m * tau * torch.eye(m, dtype=torch.float64)
+        rhs = (Z_shown.transpose(1, 2) @ y[:, :, None])
+        theta = (torch.linalg.pinv(gram) @ rhs if tau == 0 else torch.linalg.solve(gram, rhs))[:, :, 0]
     ridge = (theta * Z64[:, query_index].T).sum(-1)
     y_query = prompts.y_all.gather(1, query_index[:, None])
     return SequenceBatch(
@@ -480,6 +492,7 @@ def train_sequence_model(
     query_weight: float = 0.5,
     shuffle: bool = False,
     bos: bool = True,
+    min_demos: int | None = None,
     warmup: int = 100,
     weight_decay: float = 0.0,
     eval_every: int = 100,
@@ -492,8 +505,10 @@ def train_sequence_model(
 
         loss = (1 - w) * mean_{i <= N} (out_{arrow_i} - y_i)^2 + w * mean (out_{arrow_q} - y_q)^2,   w = query_weight,
 
-    the squared error at every arrow: the N demonstration arrows (predict ``y_i`` from the ``i - 1`` labels before
-    it) and the query arrow (predict the unseen token's label from all N). The learning rate warms up linearly over
+    the squared error at every arrow: the demonstration arrows (predict ``y_i`` from the ``i - 1`` labels before
+    it) and the query arrow (predict the unseen token's label from all demonstrations). With ``min_demos`` each step
+    shows a number of demonstrations drawn uniformly from ``min_demos..N`` (so that short prompts, down to the bare
+    query, are trained cases too); by default every prompt shows all N. The learning rate warms up linearly over
     ``warmup`` steps, then follows a cosine down to ``lr / 10``. ``n_eval`` fixed prompts (drawn first from
     ``generator``) give the curves of :class:`SequenceHistory`. The model is updated in place.
     """
@@ -508,6 +523,8 @@ def train_sequence_model(
     check_generator("generator", generator)
     query_weight = check_float("query_weight", query_weight, minimum=0.0, maximum=1.0)
     warmup = check_int("warmup", warmup, minimum=0)
+    if min_demos is not None:
+        min_demos = check_int("min_demos", min_demos, minimum=0, maximum=n_labeled)
     weight_decay = check_float("weight_decay", weight_decay, minimum=0.0)
     eval_every = check_int("eval_every", eval_every, minimum=1)
     n_eval = check_int("n_eval", n_eval, minimum=2)
@@ -526,9 +543,10 @@ def train_sequence_model(
         ridge_floor=float(((evaluation.ridge - y_q) ** 2).mean()),
         zero_mse=float((y_q**2).mean()),
         config={"lr": lr, "batch_size": batch_size, "query_weight": query_weight, "warmup": warmup,
-                "weight_decay": weight_decay, "shuffle": shuffle, "bos": bos, "tau": tau},
+                "weight_decay": weight_decay, "shuffle": shuffle, "bos": bos, "tau": tau,
+                "min_demos": min_demos},
     )
-    arrows = SequenceLayout(tokens.shape[1], bos).arrow_positions(n_labeled)
+    layout = SequenceLayout(tokens.shape[1], bos)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     def rate(step: int) -> float:
@@ -555,12 +573,17 @@ def train_sequence_model(
     elapsed, running, count = 0.0, 0.0, 0
     bar = tqdm(range(steps), disable=not progress, leave=False, desc="causal transformer")
     for step in bar:
-        batch = sample_sequences(tokens, Z_all, n_labeled, tau, batch_size, generator, shuffle, bos)
+        n_demos = n_labeled if min_demos is None else int(torch.randint(min_demos, n_labeled + 1, (1,),
+                                                                              generator=generator))
+        batch = sample_sequences(tokens, Z_all, n_labeled, tau, batch_size, generator, shuffle, bos, n_demos=n_demos)
         start = time.perf_counter()
-        out = model(batch.inputs)[:, arrows, 0]
-        demo_loss = ((out[:, :-1] - batch.targets[:, :-1]) ** 2).mean()
+        out = model(batch.inputs)[:, layout.arrow_positions(n_demos), 0]
         query_loss = ((out[:, -1] - batch.targets[:, -1]) ** 2).mean()
-        loss = (1 - query_weight) * demo_loss + query_weight * query_loss
+        if n_demos > 0:
+            demo_loss = ((out[:, :-1] - batch.targets[:, :-1]) ** 2).mean()
+            loss = (1 - query_weight) * demo_loss + query_weight * query_loss
+        else:  # the bare query: nothing to predict but the query
+            loss = query_weight * query_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

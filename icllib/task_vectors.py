@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -42,6 +43,7 @@ from icllib.llm import (encode, forward_last, is_hf_model, model_device, model_p
 __all__ = [
     "PromptFormat",
     "FORMATS",
+    "DEFAULT_FORMAT",
     "format_prompt",
     "capture_last_position",
     "patch_last_position",
@@ -144,6 +146,10 @@ FORMATS: dict[str, PromptFormat] = {
     "example+bos": PromptFormat(prefix="example:", arrow="->", bos=True),
     "qa+bos": PromptFormat(prefix="Q: ", arrow="\nA:", separator="\n\n", bos=True),
 }
+
+
+#: The book's default: the reference code's ``example:x->y`` (Chapter 6 compares the formats on dev data).
+DEFAULT_FORMAT = "example"
 
 
 def _check_format(fmt) -> PromptFormat:
@@ -292,14 +298,22 @@ def last_position_states(
         raise ValueError("prompts must be a non-empty list of strings")
     parts = model_parts(model)
     device = model_device(model)
-    out = []
+    order = _by_length(tokenizer, prompts, fmt)
+    out = torch.empty((len(prompts), parts.n_layers, parts.hidden_size))
     for chunk in tqdm(list(_batches(len(prompts), batch_size)), desc="hidden states", disable=not progress,
                       leave=False):
-        batch = _tokenize(tokenizer, prompts[chunk], fmt, device)
+        members = order[chunk]
+        batch = _tokenize(tokenizer, [prompts[i] for i in members], fmt, device)
         with capture_last_position(model) as store:
             forward_last(model, **batch)
-        out.append(torch.stack([store[l] for l in range(parts.n_layers)], dim=1).float().cpu())
-    return torch.cat(out)
+        out[torch.tensor(members)] = torch.stack([store[l] for l in range(parts.n_layers)], dim=1).float().cpu()
+    return out
+
+
+def _by_length(tokenizer, prompts: Sequence[str], fmt: PromptFormat) -> list[int]:
+    """Prompt indices sorted by token count, so that a batch pads as little as possible."""
+    lengths = [len(r) for r in _token_rows(tokenizer, prompts, fmt)]
+    return sorted(range(len(prompts)), key=lambda i: lengths[i])
 
 
 def _token_rows(tokenizer, prompts: Sequence[str], fmt: PromptFormat) -> list[list[int]]:
@@ -418,11 +432,13 @@ def predict(
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     device = model_device(model)
-    out = []
+    order = _by_length(tokenizer, prompts, fmt)
+    out = torch.empty(len(prompts), dtype=torch.long)
     for chunk in tqdm(list(_batches(len(prompts), batch_size)), desc="predict", disable=not progress, leave=False):
-        logits, _ = forward_last(model, **_tokenize(tokenizer, prompts[chunk], fmt, device))
-        out.append(logits.argmax(-1).cpu())
-    return torch.cat(out)
+        members = order[chunk]
+        logits, _ = forward_last(model, **_tokenize(tokenizer, [prompts[i] for i in members], fmt, device))
+        out[torch.tensor(members)] = logits.argmax(-1).cpu()
+    return out
 
 
 def patched_predictions(
@@ -766,7 +782,11 @@ def evaluate_task(
 
     if not cache:
         return compute()
-    progress_free = {k: v for k, v in kwargs.items() if k not in ("progress", "method", "batch_size")}
+    # every argument of evaluate that changes the result, defaults filled in, so equal runs share one entry
+    bound = inspect.signature(evaluate).bind_partial(**kwargs)
+    bound.apply_defaults()
+    progress_free = {k: v for k, v in bound.arguments.items()
+                     if k not in ("model", "tokenizer", "pairs", "scorer", "fmt", "progress", "method", "batch_size")}
     config = {
         "model": model_id or "smollm2-135m-instruct",
         "task": task.name,

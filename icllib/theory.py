@@ -6,7 +6,7 @@ Theorem 1 (linear convergence of gradient descent on the exact loss) rests on th
    (almost surely at a Gaussian initialisation), and cannot when H < N. :func:`head_matrices` returns them with
    their singular values; zeta_0 = min_k sigma_N(B_k) at initialisation (:func:`zeta`).
 2. A Polyak-Lojasiewicz (PL) inequality: since dL/dw_k = (1/K) B_k^T Zbar (a_k - A_{:,k}),
-       ||grad L||^2 >= gamma^2 ||grad_w L||^2 >= (2 gamma^2 zeta^2 / K) (L - L*),
+   ``||grad L||^2 >= gamma^2 ||grad_w L||^2 >= (2 gamma^2 zeta^2 / K) (L - L*)``
    with zeta = min_k sigma_N(B_k) at the current point, in the metric where GD with the two step sizes
    (eta_Q, eta_w = gamma^2 eta_Q) is plain GD with step eta_Q (:func:`pl_ratio`, :func:`pl_lower_bound`).
 3. Smoothness: GD with step eta_Q <= 1/ell decreases L by at least (eta_Q / 2) ||grad L||^2 (:func:`smoothness_estimate`
@@ -103,8 +103,8 @@ class HeadMatrices:
 def head_matrices(model, Z, tau: float, rtol: float = 1e-10) -> HeadMatrices:
     """The head matrices of Proposition 1, B_k = Zbar (s_k^1..s_k^H) in R^{N x H}, Zbar = (Z^T Z + m tau I_N)^{1/2}.
 
-    ``model``: a :class:`~icllib.models.OneLayerMultiHead`; ``Z``: prompt features (m, N) or Z_all (m, K) (only the
-    first N columns are used); ``tau`` >= 0.
+    ``model``: a :class:`~icllib.models.one_layer.OneLayerMultiHead`; ``Z``: prompt features (m, N) or Z_all
+    (m, K) (only the first N columns are used); ``tau`` >= 0.
     """
     _check_one_layer(model)
     tau = check_float("tau", tau, minimum=0.0)
@@ -157,7 +157,7 @@ def pl_lower_bound(model, Z_all, tau: float, gamma2: float = 1.0) -> float:
 def smoothness_estimate(
     model, Z_all, tau: float, generator: torch.Generator, gamma2: float = 1.0, n_iter: int = 30
 ) -> float:
-    """Largest |eigenvalue| of the Hessian of L at the current point, in the coordinates (Q, w / gamma).
+    """Largest absolute eigenvalue of the Hessian of L at the current point, in the coordinates (Q, w / gamma).
 
     Power iteration on Hessian-vector products (double backward), ``n_iter`` steps from a random start drawn from
     ``generator``. GD with step eta_Q (and eta_w = gamma^2 eta_Q) is stable near this point when eta_Q < 2 / ell; the
@@ -252,7 +252,7 @@ def rate_constant(rate: float, eta_Q: float, gamma2: float, zeta: float, n_token
 
 
 def effective_tau(m: int, tau: float, n_labeled: int) -> float:
-    """The noise level the trained transformer acts on: ridge with m tau is Bayes-best ridge (N tau') at tau' = m tau / N.
+    """The noise level the trained transformer acts on: ridge with m tau is the N tau' rule at tau' = m tau / N.
 
     Best when N ~ m (tau' = tau); with N < m it over-regularises (small-norm lambda, underfit), with N > m it
     under-regularises (fits the noise).

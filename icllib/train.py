@@ -235,7 +235,9 @@ def _setup(
         if generator is None:
             raise ValueError("give test_prompts or a generator to draw them from")
     elif not isinstance(test_prompts, TestPrompts):
-        raise TypeError(f"test_prompts must be a TestPrompts (see make_test_prompts), got {type(test_prompts).__name__}")
+        raise TypeError(
+            f"test_prompts must be a TestPrompts (see make_test_prompts), got {type(test_prompts).__name__}"
+        )
     if time_budget_s is not None:
         time_budget_s = check_float("time_budget_s", time_budget_s, minimum=0.0, strict=True)
     if stop_at_inference is not None:
@@ -408,11 +410,12 @@ def train_adam_monte_carlo(
 ) -> TrainingHistory:
     """The paper's training: Adam on L_hat = (1/2K) mean_batch sum_k (yhat_k - y_k)^2 over sampled prompts.
 
-    ``n_train_prompts`` prompts (lambda ~ N(0, I_m), noisy labels of all K tokens, :func:`icllib.prompts.sample_prompts`)
-    are drawn once from ``generator``; each step takes a minibatch of ``batch_size`` of them (reshuffled every
-    epoch). Any model with ``n_labeled`` and ``model(y (..., N)) -> (..., K)`` trains, in its own dtype. The gap
-    L - L* in the history is exact for the one-layer model and a Monte-Carlo estimate on the in-domain
-    test prompts otherwise. ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time).
+    ``n_train_prompts`` prompts (lambda ~ N(0, I_m), noisy labels of all K tokens,
+    :func:`icllib.prompts.sample_prompts`) are drawn once from ``generator``; each step takes a minibatch of
+    ``batch_size`` of them (reshuffled every epoch). Any model with ``n_labeled`` and
+    ``model(y (..., N)) -> (..., K)`` trains, in its own dtype and on its own device. The gap L - L* in the history
+    is exact for the one-layer model and a Monte-Carlo estimate on the in-domain test prompts otherwise.
+    ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time).
     """
     check_generator("generator", generator)
     n_train_prompts = check_int("n_train_prompts", n_train_prompts, minimum=1)

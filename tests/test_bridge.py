@@ -3,6 +3,7 @@ training of the causal model, and the task-vector adapter (theta extraction and 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,15 @@ from icllib import basis, bridge, kernels, prompts
 from icllib.models.causal import CausalTransformer
 
 K, D, M, N, TAU = 16, 6, 3, 5, 0.2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids waiting for a second one on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -148,6 +158,22 @@ def test_sample_sequences(dictionary):
     assert torch.equal(batch.bare_queries(tokens), batch.inputs[:, [0, -2, -1]])
 
 
+def test_sample_sequences_with_fewer_demonstrations(dictionary):
+    tokens, Z_all = dictionary
+    short = bridge.sample_sequences(tokens, Z_all, N, TAU, 30, _gen(13), shuffle=True, n_demos=2)
+    assert short.inputs.shape == (30, 3 * 2 + 3, D + 5) and short.targets.shape == (30, 3)
+    # lambda_hat of the two shown tokens, prompt by prompt
+    for i in range(3):
+        Z_shown = Z_all[:, short.demo_index[i]]
+        assert torch.allclose(short.lambda_hat[i], bridge.lambda_hat(Z_shown, short.y[i].double(), TAU), atol=1e-10)
+    bare = bridge.sample_sequences(tokens, Z_all, N, TAU, 5, _gen(14), n_demos=0)
+    assert bare.inputs.shape == (5, 3, D + 5) and torch.all(bare.lambda_hat == 0) and torch.all(bare.ridge == 0)
+    exact = bridge.sample_sequences(tokens, Z_all, N, 0.0, 5, _gen(15), n_demos=M)  # tau = 0, N = m: interpolation
+    assert torch.allclose(exact.lambda_hat, exact.lam, atol=1e-8)
+    with pytest.raises(ValueError, match="n_demos"):
+        bridge.sample_sequences(tokens, Z_all, N, TAU, 5, _gen(0), n_demos=N + 1)
+
+
 def test_sample_dummy_queries():
     query = torch.tensor([5, 6, 7, 15])
     dummies = bridge.sample_dummy_queries(query, N, K, 2, _gen(9))
@@ -166,16 +192,26 @@ def _small_model(dictionary, seed: int = 0) -> CausalTransformer:
                              generator=_gen(seed))
 
 
-def test_training_decreases_the_loss(dictionary):
-    tokens, Z_all = dictionary
-    model = _small_model(dictionary)
-    history = bridge.train_sequence_model(model, tokens.float(), Z_all, N, TAU, steps=60, batch_size=32, lr=3e-3,
-                                          generator=_gen(10), warmup=5, eval_every=30, n_eval=200, progress=False)
+def test_training_decreases_the_loss():
+    """m = 1, tau = 0: every label is a fixed multiple of the first, learnable in a few dozen steps."""
+    gen = _gen(20)
+    tokens = basis.gaussian_dictionary(K, D, gen)
+    Z_all = basis.GaussianLookupFeatures(tokens, 1, gen)(tokens)
+    layout = bridge.SequenceLayout(D)
+    model = CausalTransformer(layout.d_input, layout.length(N), d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                              generator=_gen(0))
+    history = bridge.train_sequence_model(model, tokens.float(), Z_all, N, 0.0, steps=60, batch_size=32, lr=1e-2,
+                                          generator=_gen(1), warmup=5, eval_every=30, n_eval=200, progress=False)
     assert history.step == [0, 30, 60]
-    assert history.query_mse[-1] < 0.8 * history.query_mse[0]
-    assert history.train_loss[-1] < history.train_loss[1]
-    assert history.ridge_floor < history.zero_mse
+    assert history.train_loss[-1] < 0.85 * history.train_loss[1]
+    assert history.ridge_floor < 1e-10 < history.zero_mse  # tau = 0: ridge is exact
     assert not model.training
+    assert history.config["min_demos"] is None
+    # variable prompt lengths, down to the bare query
+    short = bridge.train_sequence_model(model, tokens.float(), Z_all, N, 0.0, steps=4, batch_size=8,
+                                        generator=_gen(2), min_demos=0, warmup=1, eval_every=2, n_eval=20,
+                                        progress=False)
+    assert np.isfinite(short.train_loss[1:]).all()
 
 
 # ------------------------------------------------------------------------------------------------ task vectors

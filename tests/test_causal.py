@@ -12,6 +12,15 @@ D_IN, T = 7, 9
 SIZES = dict(d_model=16, n_layers=3, n_heads=4, d_ff=32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: one thread avoids waiting for a second one on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(seed: int = 0, **kwargs) -> CausalTransformer:
     return CausalTransformer(D_IN, 12, generator=torch.Generator().manual_seed(seed), **{**SIZES, **kwargs})
 
@@ -21,6 +30,8 @@ def _inputs(batch: int = 3, length: int = T, seed: int = 1, dtype=torch.float32)
 
 
 def test_output_shape_and_dtype():
+    model = _model(positions="learned")
+    assert model(_inputs()).shape == (3, T, 1)
     model = _model()
     out = model(_inputs())
     assert out.shape == (3, T, 1) and out.dtype == torch.float32
@@ -49,6 +60,31 @@ def test_causality_by_gradient():
         per_position = grad[0].abs().sum(-1)
         assert torch.all(per_position[t + 1:] == 0)
         assert torch.all(per_position[: t + 1] > 0)
+
+
+def test_rotary_positions_are_relative():
+    """Shifting every position by the same amount changes nothing with rotary positions, and does with learned."""
+    x = _inputs(length=5)
+    shift = torch.arange(5) + 6
+    rotary = _model()
+    assert torch.allclose(rotary(x), rotary(x, position_ids=shift), atol=1e-5)
+    learned = _model(positions="learned")
+    with torch.no_grad():
+        learned.position_table.normal_(0, 1, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(learned(x), learned(x, position_ids=shift), atol=1e-3)
+
+
+def test_rotate_preserves_norms_and_depends_on_offsets():
+    from icllib.models.causal import rotate
+
+    q = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    k = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pos = torch.tensor([0, 3, 5, 9])
+    rq = rotate(q, pos)
+    assert torch.allclose(rq.norm(dim=-1), q.norm(dim=-1))
+    scores = rotate(q, pos) @ rotate(k, pos).transpose(-1, -2)
+    shifted = rotate(q, pos + 7) @ rotate(k, pos + 7).transpose(-1, -2)
+    assert torch.allclose(scores, shifted, atol=1e-10)
 
 
 def test_prefix_consistency():
@@ -114,6 +150,9 @@ def test_gradients_reach_every_parameter():
         (dict(n_heads=3), ValueError, "n_heads"),
         (dict(generator=0), TypeError, "generator"),
         (dict(dtype=torch.int64), TypeError, "dtype"),
+        (dict(positions="absolute"), ValueError, "positions"),
+        (dict(rotary_base=0.5), ValueError, "rotary_base"),
+        (dict(d_model=12, n_heads=4), ValueError, "even"),
     ],
 )
 def test_constructor_rejects_bad_arguments(kwargs, error, match):

@@ -51,8 +51,8 @@ TRANSCONTINENTAL = set("RU TR KZ AZ GE AM CY EG TL".split())
 # Majority religion, from common knowledge of census and survey figures; countries without a clear majority
 # (Germany, France, the UK, China, Japan, Nigeria, Lebanon, ...) are left out.
 RELIGION_BY_COUNTRY = {
-    "Christianity": """AO AR AM AT BY BO BR BG BI CF CL CO CD CG CR HR DO EC SV ET FJ GA GE GH GR GT HT HN IE IT JM KE LS
-        LR LT MG MW MT MX MD ME NA NI MK PA PG PY PE PH PL PT RO RU RW WS RS SK ZA ES SZ TO UG UA US VE ZM ZW TL CV
+    "Christianity": """AO AR AM AT BY BO BR BG BI CF CL CO CD CG CR HR DO EC SV ET FJ GA GE GH GR GT HT HN IE IT JM KE
+        LS LR LT MG MW MT MX MD ME NA NI MK PA PG PY PE PH PL PT RO RU RW WS RS SK ZA ES SZ TO UG UA US VE ZM ZW TL CV
         ST GQ BW BS BB SB VU""",
     "Islam": """AF AL DZ AZ BH BD BN BF KM DJ EG GM GN ID IR IQ JO KZ XK KW KG LY MY MV ML MR MA NE OM PK PS QA SA SN
         SL SO SD SY TJ TN TR TM AE UZ YE""",

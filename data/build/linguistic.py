@@ -2,17 +2,20 @@
 
 - Verbs (present_gerund, present_past): the most frequent English words (``wordfreq``) that are their own verb
   lemma (``lemminflect``), were tagged as verbs at least ``MIN_VERB_TAGS`` times in SemCor (WordNet's counts) and
-  more often as verbs than as any other part of speech, so that ``table`` or ``back`` are not taken for verbs. The forms come from ``lemminflect`` (``VBG``, ``VBD``; the
-  first, most common form when there are several: learned, not learnt). Verbs whose past equals the present
-  (``put``, ``cut``) are dropped from present_past: copying the input would score.
+  more often as verbs than as any other part of speech, so that ``table`` or ``back`` are not taken for verbs.
+  The forms come from ``lemminflect`` (``VBG``, ``VBD``; the first, most common form when there are several:
+  learned, not learnt). Verbs whose past equals the present (``put``, ``cut``) are dropped from present_past:
+  copying the input would score.
 - Nouns (plural_singular): the most frequent words that are their own noun lemma, tagged as nouns in SemCor at
-  least ``MIN_NOUN_TAGS`` times and more often than as anything else (``stops`` is mostly a verb form), with a plural (``lemminflect`` ``NNS``) that differs from the singular and is
-  itself common: Zipf(plural) >= ``MIN_ZIPF`` and at most ``MAX_PLURAL_DROP`` below Zipf(singular), which drops
-  mass nouns (``water`` -> ``waters``). The task maps plural -> singular.
+  least ``MIN_NOUN_TAGS`` times and more often than as anything else (``stops`` is mostly a verb form), with a
+  plural (``lemminflect`` ``NNS``) that differs from the singular and is itself common: Zipf(plural) >=
+  ``MIN_ZIPF`` and at most ``MAX_PLURAL_DROP`` below Zipf(singular), which drops mass nouns (``water`` ->
+  ``waters``). The task maps plural -> singular.
 - Antonyms: WordNet's lexical antonym pointers (all parts of speech) between two common single words
   (Zipf >= ``MIN_ZIPF_ANTONYM``) that SemCor reads first as the pointer's part of speech (``clear -> bounce``,
-  a verb sense of an adjective, is dropped). When a word has several antonyms, one without a negative prefix (un-, in-, dis-)
-  is preferred, then the most frequent (good -> bad, not evil).
+  a verb sense of an adjective, is dropped). When a word has several antonyms, one without a negative prefix
+  (un-, in-, dis-) is preferred, then the most frequent (good -> bad, not evil). Inputs whose antonym is a
+  technical or odd sense were excluded by hand after reading the list (``EXCLUDE_ANTONYMS``).
 
 Every produced form must be a plain lowercase ASCII word. Run (build venv with wordfreq and lemminflect; Debian
 wordnet-base): ``/tmp/databuild/bin/python data/build/linguistic.py``

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icllib._checks import as_float_tensor, check_choice, check_generator, check_int
+from icllib._checks import as_float_tensor, check_choice, check_float, check_generator, check_int
 from icllib.models.multilayer import MLP, TransformerConfig
 
 __all__ = ["CausalTransformer", "CausalSelfAttention", "CausalBlock", "rotate"]
@@ -62,9 +62,10 @@ def rotate(x: torch.Tensor, position_ids: torch.Tensor, base: float = 10_000.0) 
 class CausalSelfAttention(nn.Module):
     """Multi-head scaled dot-product self-attention (n_heads heads of width d_model / n_heads), optionally rotary."""
 
-    def __init__(self, config: TransformerConfig, rotary: bool) -> None:
+    def __init__(self, config: TransformerConfig, rotary: bool, rotary_base: float = 10_000.0) -> None:
         super().__init__()
-        self.n_heads, self.head_dim, self.dropout, self.rotary = config.n_heads, config.head_dim, config.dropout, rotary
+        self.n_heads, self.head_dim, self.dropout = config.n_heads, config.head_dim, config.dropout
+        self.rotary, self.rotary_base = rotary, rotary_base
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # queries, keys and values in one product
         self.proj = nn.Linear(config.d_model, config.d_model)
 
@@ -74,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
                    for t in self.qkv(x).split(width, dim=-1))
         if self.rotary:
-            q, k = rotate(q, position_ids), rotate(k, position_ids)
+            q, k = rotate(q, position_ids, self.rotary_base), rotate(k, position_ids, self.rotary_base)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
@@ -83,10 +84,10 @@ class CausalSelfAttention(nn.Module):
 class CausalBlock(nn.Module):
     """One pre-LayerNorm residual block: x + Attention(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, config: TransformerConfig, rotary: bool) -> None:
+    def __init__(self, config: TransformerConfig, rotary: bool, rotary_base: float = 10_000.0) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(config.d_model)
-        self.attn = CausalSelfAttention(config, rotary)
+        self.attn = CausalSelfAttention(config, rotary, rotary_base)
         self.ln_mlp = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
@@ -108,6 +109,8 @@ class CausalTransformer(nn.Module):
             ``n_heads`` must divide ``d_model``, and ``d_model / n_heads`` must be even for rotary positions.
         generator: the source of the random initialisation (the global torch seed is neither used nor advanced).
         positions: ``"rotary"`` (default) or ``"learned"`` (module docstring).
+        rotary_base: the base of the rotary angles (10,000 as in LLaMA; a small head width over short sequences
+            rotates more usefully with a smaller base).
         d_output: width of the read-out (1 for a scalar prediction per position).
         dropout: dropout probability in the blocks (0 in the book's experiments).
         dtype: torch.float32 (default) or torch.float64.
@@ -126,6 +129,7 @@ class CausalTransformer(nn.Module):
         *,
         generator: torch.Generator,
         positions: str = "rotary",
+        rotary_base: float = 10_000.0,
         d_output: int = 1,
         dropout: float = 0.0,
         dtype: torch.dtype = torch.float32,
@@ -137,6 +141,7 @@ class CausalTransformer(nn.Module):
         self.max_len = check_int("max_len", max_len, minimum=1)
         self.d_output = check_int("d_output", d_output, minimum=1)
         self.positions = check_choice("positions", positions, _POSITIONS)
+        self.rotary_base = check_float("rotary_base", rotary_base, minimum=1.0, strict=True)
         check_generator("generator", generator)
         self.config = TransformerConfig(d_model, n_layers, n_heads, d_ff, dropout)
         if self.positions == "rotary" and self.config.head_dim % 2:
@@ -150,7 +155,7 @@ class CausalTransformer(nn.Module):
         with torch.random.fork_rng(devices=[]):
             self.embed = nn.Linear(self.d_input, d_model)
             self.position_table = nn.Parameter(torch.zeros(self.max_len, d_model)) if not rotary else None
-            self.blocks = nn.ModuleList(CausalBlock(self.config, rotary) for _ in range(n_layers))
+            self.blocks = nn.ModuleList(CausalBlock(self.config, rotary, self.rotary_base) for _ in range(n_layers))
             self.ln_final = nn.LayerNorm(d_model)
             self.readout = nn.Linear(d_model, self.d_output)
         self._init_weights(generator)
