@@ -28,6 +28,7 @@ import shutil
 import socket
 import threading
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,13 @@ def _load_default(device: str, dtype: torch.dtype):
     folder = default_cache_folder()
     if not (folder / "complete").is_file():
         model, tokenizer = load_default_from_gguf(torch.float32)
-        _write_cache(folder, model, tokenizer)
+        try:
+            _write_cache(folder, model, tokenizer)
+        except OSError as err:  # a read-only or full cache: use the de-quantised model without caching it
+            warnings.warn(f"could not cache the de-quantised default model in {folder}: {err}", stacklevel=3)
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            return model.to(device=device, dtype=dtype), tokenizer
     with _quiet_progress():
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)

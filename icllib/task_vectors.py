@@ -794,6 +794,7 @@ def evaluate_task(
         "pairs": _digest(task.pairs, task.synonyms),
         "fmt": asdict(fmt),
         "n_layers": model_parts(model).n_layers,
+        "dtype": str(next(model.parameters()).dtype),
         **{k: (list(v) if isinstance(v, (tuple, range)) else v) for k, v in progress_free.items()},
     }
     return cached("task_vectors", config, compute)
