@@ -74,7 +74,10 @@ def useful_flops(model, prompt_lengths: list[int], n_layers_swept: int) -> float
     return total
 
 
-def time_method(model, tokenizer, prompts, theta, method: str, fmt, device: str, repeats: int) -> tuple[float, torch.Tensor]:
+def time_method(
+    model, tokenizer, prompts, theta, method: str, fmt, device: str, repeats: int
+) -> tuple[float, torch.Tensor]:
+    """Best wall time of ``repeats`` sweeps with ``method``, and the predicted ids."""
     best, ids = float("inf"), None
     for _ in range(repeats):
         _sync(device)

@@ -340,7 +340,9 @@ def grouped_last_states(
         raise ValueError("groups must be a non-empty list of lists of prompts")
     sizes = {len(g) for g in groups}
     if len(sizes) != 1 or 0 in sizes or any(isinstance(g, str) for g in groups):
-        raise ValueError(f"every group must be a non-empty list of prompts of the same length, got sizes {sorted(sizes)}")
+        raise ValueError(
+            f"every group must be a non-empty list of prompts of the same length, got sizes {sorted(sizes)}"
+        )
     c = sizes.pop()
     parts = model_parts(model)
     n_groups = len(groups)

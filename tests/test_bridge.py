@@ -13,13 +13,6 @@ from icllib.models.causal import CausalTransformer
 K, D, M, N, TAU = 16, 6, 3, 5, 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids waiting for a second one on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -12,13 +12,6 @@ D_IN, T = 7, 9
 SIZES = dict(d_model=16, n_layers=3, n_heads=4, d_ff=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids waiting for a second one on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(seed: int = 0, **kwargs) -> CausalTransformer:

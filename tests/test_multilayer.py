@@ -268,3 +268,18 @@ def test_bad_attention_masks(mask, error, match):
 def test_bad_causal_mask_length():
     with pytest.raises(ValueError, match="length"):
         causal_mask(0)
+
+
+def test_trains_with_the_library_loop():
+    # The calling convention train_adam_monte_carlo relies on: n_labeled, n_tokens, model(y (B, N)) -> (B, K).
+    from icllib import basis, train
+
+    gen = torch.Generator().manual_seed(8)
+    tokens = _tokens()
+    Z_all = basis.GaussianLookupFeatures(tokens, 3, gen)(tokens)
+    history = train.train_adam_monte_carlo(
+        _model(tokens), Z_all, 0.1, steps=4, n_train_prompts=32, batch_size=8, lr=1e-3, generator=gen,
+        eval_every=2, progress=False,
+    )
+    assert history.step == [0, 2, 4]
+    assert np.isfinite(history.in_domain).all() and np.isfinite(history.train_loss).all()

@@ -9,13 +9,6 @@ from icllib.models.one_layer import GeneralFormWeights, OneLayerMultiHead, gener
 K, D, N, H = 12, 5, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids the thread-pool overhead that dominates on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tokens(seed: int = 0, dtype=torch.float64) -> torch.Tensor:

@@ -107,7 +107,8 @@ def test_patching_at_the_last_layer_reproduces_that_states_prediction(tiny, tok)
 
 def test_sweep_methods_agree(tiny, tok):
     """KV-cached sweep == one batched forward per layer == one forward per (prompt, layer)."""
-    theta = torch.randn(len(PROMPTS), llm.n_layers(tiny), llm.hidden_size(tiny), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.randn(len(PROMPTS), llm.n_layers(tiny), llm.hidden_size(tiny), generator=generator)
     results = {m: tv.patched_predictions(tiny, tok, PROMPTS, theta, method=m, return_logits=True)
                for m in ("kv", "batched", "naive")}
     torch.testing.assert_close(results["kv"], results["naive"], atol=1e-5, rtol=1e-5)
@@ -306,3 +307,18 @@ def test_patching_bad_inputs(small, tok):
         tv.project_to_vocabulary(small, tok, torch.zeros(5))
     with pytest.raises(ValueError, match="k"):
         tv.project_to_vocabulary(small, tok, torch.zeros(32), k=0)
+
+
+def test_evaluate_task_uses_the_tasks_rules_and_the_cache(tok, monkeypatch, tmp_path):
+    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
+    model = llm.tiny_random_model("llama", n_layers=2, seed=7)
+    kwargs = dict(model_id="tiny-llama", n_dev=2, n_test=2, n_baseline=2, progress=False)
+    first = tv.evaluate_task(model, tok, "to_upper", **kwargs)
+    assert first.fmt.output_space is False  # one character = one token only without a leading space
+    assert list(tmp_path.glob("results/task_vectors-*.pkl"))
+    again = tv.evaluate_task(model, tok, "to_upper", n_demos=5, seed=41, **kwargs)  # defaults spelled out
+    assert again.test_queries == first.test_queries and len(list(tmp_path.glob("results/*.pkl"))) == 1
+    with pytest.raises(TypeError, match="task"):
+        tv.evaluate_task(model, tok, 3)
+    with pytest.raises(TypeError, match="model_id"):
+        tv.evaluate_task(model, tok, "to_upper", model_id=5)

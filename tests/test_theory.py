@@ -12,13 +12,6 @@ from icllib.models.one_layer import OneLayerMultiHead
 N, K, D, M, TAU = 5, 16, 6, 4, 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids the thread-pool overhead that dominates on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _problem(n_heads: int, seed: int = 0):

@@ -12,13 +12,6 @@ from icllib.models.one_layer import OneLayerMultiHead
 N, K, D, M, H, TAU = 5, 16, 6, 4, 8, 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread avoids the thread-pool overhead that dominates on busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _problem(seed: int = 0, n_heads: int = H, dtype=torch.float64):
