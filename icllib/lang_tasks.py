@@ -147,6 +147,7 @@ class Task:
         """Whether ``prediction`` (one greedy token, decoded) is right for input ``x``.
 
         The prediction is stripped of surrounding white space (the token usually carries a leading space), then
+
         - ``exact``: equal to ``y``, case included (``to_upper`` needs ``"A"``, not ``"a"``);
         - ``prefix``: a prefix of ``y`` of at least ``min(MIN_PREFIX, len(y))`` characters, or a word that starts
           with ``y``, case included (``"Hel"``, ``"Helsinki"`` and ``"Europeans"`` count for ``Helsinki`` and
@@ -293,7 +294,7 @@ class _TaskTable(Mapping):
         return f"TASKS({', '.join(TASK_NAMES)})"
 
 
-#: All 18 tasks by name, loaded lazily: ``TASKS["en_fr"]``.
+#: All 18 tasks by name, loaded lazily (``TASKS["en_fr"]``).
 TASKS: Mapping[str, Task] = _TaskTable()
 
 

@@ -67,7 +67,7 @@ __all__ = [
 Pair = tuple[str, str]
 Scorer = Callable[[str, str, str], bool]
 
-#: Hendel et al. (2023), 5 demonstrations: mean (baseline, task vector, ICL) accuracy over the 18 tasks per model.
+#: Mean (baseline, task vector, ICL) accuracy over the 18 tasks per model in Hendel et al. (2023), 5 demonstrations.
 PAPER_AVERAGES: dict[str, tuple[float, float, float]] = {
     "LLaMA 7B": (0.13, 0.78, 0.86),
     "LLaMA 13B": (0.15, 0.79, 0.87),
@@ -84,7 +84,7 @@ PAPER_CATEGORIES: dict[str, tuple[float, float, float]] = {
     "linguistic": (0.13, 0.81, 0.89),
     "knowledge": (0.08, 0.72, 0.82),
 }
-#: Peak of the mean dev-accuracy layer curve (tasks whose best accuracy > 0.75): (accuracy, block, number of
+#: Peak of the mean dev-accuracy layer curve (tasks whose best accuracy > 0.75) as (accuracy, block, number of
 #: blocks), read from the paper's Figure 3 and released tables (approximate for the Pythia models and GPT-J).
 PAPER_LAYER_PEAKS: dict[str, tuple[float, int, int]] = {
     "LLaMA 7B": (0.86, 14, 32),
@@ -148,7 +148,7 @@ FORMATS: dict[str, PromptFormat] = {
 }
 
 
-#: The book's default: the reference code's ``example:x->y`` (Chapter 6 compares the formats on dev data).
+#: The book's default, the reference code's ``example:x->y`` (Chapter 6 compares the formats on dev data).
 DEFAULT_FORMAT = "example"
 
 
