@@ -32,13 +32,6 @@ def _logits(model, tokenizer, prompts):
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, two threads waiting on each other make tiny ops ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Formats
