@@ -84,3 +84,18 @@ def check_generator(name: str, value) -> torch.Generator:
     if not isinstance(value, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator, got {type(value).__name__}")
     return value
+
+
+def check_pairs(name: str, pairs, allow_empty: bool = False) -> list[tuple[str, str]]:
+    """A sequence of ``(x, y)`` string pairs (a task's demonstrations or queries) as a list of tuples."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        raise TypeError(f"{name} must be a sequence of (x, y) string pairs, got {type(pairs).__name__}")
+    out = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2 \
+                or not all(isinstance(s, str) for s in pair):
+            raise TypeError(f"{name}[{i}] must be a pair of strings (x, y), got {pair!r}")
+        out.append((pair[0], pair[1]))
+    if not out and not allow_empty:
+        raise ValueError(f"{name} must hold at least one (x, y) pair, got none")
+    return out

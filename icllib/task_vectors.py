@@ -18,14 +18,16 @@ padded, so position ``-1`` is the last token of every row.
 The layer sweep (one patched prediction per query and layer) has three equivalent implementations
 (``method=``): ``"kv"`` runs each query's prompt once without its last token, keeps the KV cache, repeats it for
 all layers, and recomputes only the last position with row ``(query, l)`` patched at block ``l`` (the last position
-is the only one the patch changes, so the cache is shared; Hugging Face models only); ``"batched"`` runs the
-whole query prompt once per layer in one batch (any model); ``"naive"`` runs one forward per (query, layer), the
-baseline of ``benchmarks/bench_task_vectors.py``.
+is the only one the patch changes, so the cache is shared; Hugging Face models only); a replacement at block ``l``
+also makes blocks ``0 .. l`` of that row's last position useless, so they are skipped (about half the work of the
+last-position pass); ``"batched"`` runs the whole query prompt once per layer in one batch (any model);
+``"naive"`` runs one forward per (query, layer), the baseline of ``benchmarks/bench_task_vectors.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from icllib._checks import check_choice, check_int
+from icllib._checks import check_choice, check_int, check_pairs
 from icllib.llm import (encode, forward_last, is_hf_model, model_device, model_parts,
                         tokenize_left_padded)
 
@@ -51,6 +53,9 @@ __all__ = [
     "extract_task_vectors",
     "predict",
     "patched_predictions",
+    "layer_patches",
+    "grouped_last_states",
+    "task_vectors_for",
     "TaskVectorResult",
     "evaluate",
     "evaluate_task",
@@ -170,22 +175,8 @@ def format_prompt(demos: Sequence[Pair], x: str, fmt: PromptFormat | str = "exam
     fmt = _check_format(fmt)
     if not isinstance(x, str):
         raise TypeError(f"x must be a string, got {type(x).__name__}")
-    lines = [fmt.demo(dx, dy) for dx, dy in _check_pairs("demos", demos, allow_empty=True)]
+    lines = [fmt.demo(dx, dy) for dx, dy in check_pairs("demos", demos, allow_empty=True)]
     return fmt.separator.join([*lines, fmt.query(x)])
-
-
-def _check_pairs(name: str, pairs, allow_empty: bool = False) -> list[Pair]:
-    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-        raise TypeError(f"{name} must be a sequence of (x, y) string pairs, got {type(pairs).__name__}")
-    out = []
-    for i, pair in enumerate(pairs):
-        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2 \
-                or not all(isinstance(s, str) for s in pair):
-            raise TypeError(f"{name}[{i}] must be a pair of strings (x, y), got {pair!r}")
-        out.append((pair[0], pair[1]))
-    if not out and not allow_empty:
-        raise ValueError(f"{name} must hold at least one (x, y) pair, got none")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,6 +283,20 @@ def last_position_states(
     progress: bool = False,
 ) -> torch.Tensor:
     """``h_l(prompt)[-1]`` for every prompt and every block: a float32 tensor (n_prompts, L, d)."""
+    states, _ = _forward_sorted(model, tokenizer, prompts, fmt, batch_size, progress, capture=True,
+                                desc="hidden states")
+    return states
+
+
+def _forward_sorted(
+    model, tokenizer, prompts: Sequence[str], fmt, batch_size: int, progress: bool, capture: bool, desc: str,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """One forward per batch of prompts, shortest first: ``(h_l[-1] (n, L, d) or None, greedy next ids (n,))``.
+
+    The batching behind :func:`last_position_states` and :func:`predict` (and both at once, in one pass, for
+    :func:`grouped_last_states` on models without KV caches). Prompts are sorted by token count so that a
+    left-padded batch pads as little as possible; outputs are in the prompts' order.
+    """
     fmt = _check_format(fmt)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     if isinstance(prompts, str) or not prompts:
@@ -299,15 +304,17 @@ def last_position_states(
     parts = model_parts(model)
     device = model_device(model)
     order = _by_length(tokenizer, prompts, fmt)
-    out = torch.empty((len(prompts), parts.n_layers, parts.hidden_size))
-    for chunk in tqdm(list(_batches(len(prompts), batch_size)), desc="hidden states", disable=not progress,
-                      leave=False):
-        members = order[chunk]
-        batch = _tokenize(tokenizer, [prompts[i] for i in members], fmt, device)
-        with capture_last_position(model) as store:
-            forward_last(model, **batch)
-        out[torch.tensor(members)] = torch.stack([store[l] for l in range(parts.n_layers)], dim=1).float().cpu()
-    return out
+    states = torch.empty((len(prompts), parts.n_layers, parts.hidden_size)) if capture else None
+    ids = torch.empty(len(prompts), dtype=torch.long)
+    for chunk in tqdm(list(_batches(len(prompts), batch_size)), desc=desc, disable=not progress, leave=False):
+        members = torch.tensor(order[chunk])
+        batch = _tokenize(tokenizer, [prompts[i] for i in members.tolist()], fmt, device)
+        with capture_last_position(model) if capture else contextlib.nullcontext({}) as store:
+            logits, _ = forward_last(model, **batch)
+        if capture:
+            states[members] = torch.stack([store[l] for l in range(parts.n_layers)], dim=1).float().cpu()
+        ids[members] = logits.argmax(-1).cpu()
+    return states, ids
 
 
 def _by_length(tokenizer, prompts: Sequence[str], fmt: PromptFormat) -> list[int]:
@@ -348,8 +355,8 @@ def grouped_last_states(
     n_groups = len(groups)
     if not is_hf_model(model):
         flat = [p for g in groups for p in g]
-        states = last_position_states(model, tokenizer, flat, fmt, batch_size, progress)
-        ids = predict(model, tokenizer, flat, fmt, batch_size)
+        states, ids = _forward_sorted(model, tokenizer, flat, fmt, batch_size, progress, capture=True,
+                                      desc="prompts")
         return states.view(n_groups, c, *states.shape[1:]), ids.view(n_groups, c)
     device = model_device(model)
     pad = int(tokenizer.pad_token_id)
@@ -387,7 +394,7 @@ def grouped_last_states(
         cache = None
         if p_max > 0:
             # the prefix once per group (rows j*c), then its cache repeated for the group's c prompts
-            _, cache = forward_last(model, full_ids[::c, :p_max], mask[::c, :p_max], use_cache=True)
+            _, cache = forward_last(model, full_ids[::c, :p_max], mask[::c, :p_max], use_cache=True, logits=False)
             cache = _repeat_cache(cache, c)
         with capture_last_position(model) as store:
             logits, _ = forward_last(model, full_ids[:, p_max:], mask, past_key_values=cache)
@@ -429,18 +436,8 @@ def predict(
     progress: bool = False,
 ) -> torch.Tensor:
     """Greedy next-token ids (n_prompts,) of the unpatched model (ICL with ``[S, x]``, zero-shot with ``[x]``)."""
-    fmt = _check_format(fmt)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError("prompts must be a non-empty list of strings")
-    device = model_device(model)
-    order = _by_length(tokenizer, prompts, fmt)
-    out = torch.empty(len(prompts), dtype=torch.long)
-    for chunk in tqdm(list(_batches(len(prompts), batch_size)), desc="predict", disable=not progress, leave=False):
-        members = order[chunk]
-        logits, _ = forward_last(model, **_tokenize(tokenizer, [prompts[i] for i in members], fmt, device))
-        out[torch.tensor(members)] = logits.argmax(-1).cpu()
-    return out
+    _, ids = _forward_sorted(model, tokenizer, prompts, fmt, batch_size, progress, capture=False, desc="predict")
+    return ids
 
 
 def patched_predictions(
@@ -479,21 +476,29 @@ def patched_predictions(
     if method == "kv" and not is_hf_model(model):
         raise ValueError("method='kv' needs a Hugging Face model (KV caches); use method='batched'")
     device = model_device(model)
-    n_layers_k = len(layers)
-    per_chunk = max(1, max_rows // n_layers_k) if method != "naive" else 1
     if not isinstance(return_logits, bool):
         raise TypeError(f"return_logits must be a bool, got {return_logits!r}")
+    # what is kept of each forward's logits: (rows, V) would be 0.2 MB a row for a 49k vocabulary
+    keep = (lambda logits: logits.float().cpu()) if return_logits else (lambda logits: logits.argmax(-1).cpu())
+    if method == "naive":
+        per_chunk = 1
+    elif method == "kv" and mode == "replace" and not return_logits:
+        per_chunk = max_rows  # the block-skipping sweep groups layers itself (at most max_rows rows a forward)
+    else:
+        per_chunk = max(1, max_rows // len(layers))
     out = None
     for chunk in tqdm(list(_batches(len(prompts), per_chunk)), desc=f"patched sweep ({method})",
                       disable=not progress, leave=False):
         batch = _tokenize(tokenizer, prompts[chunk], fmt, device)
-        if method == "kv" and batch["attention_mask"].sum(-1).min() < 2:
-            method_here = "batched"  # a one-token prompt has no prefix to cache
-        else:
-            method_here = method
-        sweep = {"kv": _sweep_kv, "batched": _sweep_batched, "naive": _sweep_naive}[method_here]
-        logits = sweep(model, batch, theta[chunk], layers, mode).float().cpu()
-        got = logits if return_logits else logits.argmax(-1)
+        if method == "kv" and batch["attention_mask"].sum(-1).min() >= 2:
+            got = _sweep_kv(model, batch, theta[chunk], layers, mode, keep, max_rows=max_rows)
+        elif method == "naive":
+            got = keep(_sweep_naive(model, batch, theta[chunk], layers, mode))
+        else:  # "batched", or "kv" with a one-token prompt (no prefix to cache)
+            rows = max(1, max_rows // len(layers))
+            got = torch.cat([keep(_sweep_batched(model, {k: v[part] for k, v in batch.items()}, theta[chunk][part],
+                                                 layers, mode))
+                             for part in _batches(len(theta[chunk]), rows)])
         if out is None:
             out = torch.empty((len(prompts), *got.shape[1:]), dtype=got.dtype)
         out[chunk] = got
@@ -518,18 +523,44 @@ def _check_theta(theta, n_prompts: int, layers: list[int], n_layers: int, hidden
     raise ValueError(f"theta has {theta.shape[1]} layers; expected len(layers)={len(layers)} or L={n_layers}")
 
 
-def _layer_patches(n_prompts: int, theta: torch.Tensor, layers: list[int]) -> dict:
-    """Rows ``i * K + k`` get ``theta[i, k]`` at block ``layers[k]``."""
+def layer_patches(
+    n_prompts: int, theta: torch.Tensor, layers: Sequence[int]
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The ``patches`` argument of :func:`patch_last_position` for a batch of ``n_prompts * K`` rows.
+
+    Row ``i * K + k`` (prompt ``i`` repeated K = ``len(layers)`` times, adjacent) gets ``theta[i, k]`` at block
+    ``layers[k]``: one patched forward evaluates every (prompt, layer) pair of a sweep. ``theta`` is
+    (n_prompts, K, d); ``layers`` must not repeat (each block takes one set of rows).
+    """
+    n_prompts = check_int("n_prompts", n_prompts, minimum=1)
+    if not isinstance(theta, torch.Tensor) or theta.ndim != 3:
+        raise TypeError(f"theta must be a torch tensor of shape (n_prompts, K, d), got {_describe(theta)}")
+    if isinstance(layers, (int, np.integer)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be a sequence of block indices, got {type(layers).__name__}")
+    layers = [check_int("layers[i]", l, minimum=0) for l in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be a non-empty list without repeats, got {layers}")
+    if tuple(theta.shape[:2]) != (n_prompts, len(layers)):
+        raise ValueError(
+            f"theta must have shape (n_prompts={n_prompts}, K={len(layers)}, d), got {tuple(theta.shape)}"
+        )
     k_count = len(layers)
     base = torch.arange(n_prompts) * k_count
     return {layer: (base + k, theta[:, k, :]) for k, layer in enumerate(layers)}
+
+
+_layer_patches = layer_patches  # the old private name, kept for callers that used it
+
+
+def _describe(value) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _sweep_batched(model, batch, theta, layers, mode) -> torch.Tensor:
     k_count = len(layers)
     ids = batch["input_ids"].repeat_interleave(k_count, 0)
     mask = batch["attention_mask"].repeat_interleave(k_count, 0)
-    with patch_last_position(model, _layer_patches(len(theta), theta, layers), mode):
+    with patch_last_position(model, layer_patches(len(theta), theta, layers), mode):
         logits, _ = forward_last(model, ids, mask)
     return logits.view(len(theta), k_count, -1)
 
@@ -544,16 +575,107 @@ def _repeat_cache(cache, repeats: int):
     raise TypeError(f"unsupported KV cache type {type(cache).__name__}")
 
 
-def _sweep_kv(model, batch, theta, layers, mode) -> torch.Tensor:
+def _sweep_kv(model, batch, theta, layers, mode, keep: Callable[[torch.Tensor], torch.Tensor],
+              min_rows: int = 128, max_rows: int = 512) -> torch.Tensor:
+    """The KV-cached sweep: the bare prompts' prefix once, then only the last position, block by block.
+
+    Replacing ``h_l[-1]`` by ``theta`` discards everything blocks ``0 .. l`` computed at the last position, and
+    positions before it are the same in every row (their keys and values are the cached prefix). So row
+    ``(prompt, l)`` needs only blocks ``l + 1 .. L - 1`` at one position: layers are taken in groups of ``g``
+    consecutive sweep layers (``g * n_prompts`` rows, at least ``min_rows`` when there are enough layers, at most
+    ``max_rows``) and each group skips the blocks up to its first layer; rows of a later layer in the group run a
+    few blocks whose output their own patch then overwrites. About half the work of running every row through
+    all L blocks. ``mode="add"`` needs the unpatched ``h_l[-1]`` of each row, so it runs every block
+    (:func:`_sweep_kv_all_blocks`).
+    """
+    if mode != "replace":
+        return keep(_sweep_kv_all_blocks(model, batch, theta, layers, mode))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n, k_count = len(theta), len(layers)
+    parts = model_parts(model)
+    with _record_block_outputs(parts.blocks) as structure:
+        _, prefix_cache = forward_last(model, ids[:, :-1], mask[:, :-1], use_cache=True, logits=False)
+    order = sorted(range(k_count), key=lambda k: layers[k])
+    group = max(1, min(k_count, -(-min_rows // n), max_rows // n))
+    out = None
+    for start in range(0, k_count, group):
+        members = order[start:start + group]
+        g = len(members)
+        cache = _repeat_cache(copy.deepcopy(prefix_cache), g)  # the forward appends to its cache: use a copy
+        patches = layer_patches(n, theta[:, members, :], [layers[k] for k in members])
+        with _skip_blocks(parts.blocks, layers[members[0]] + 1, structure), \
+                patch_last_position(model, patches, mode):
+            logits, _ = forward_last(model, ids[:, -1:].repeat_interleave(g, 0), mask.repeat_interleave(g, 0),
+                                     past_key_values=cache)
+        got = keep(logits.view(n, g, -1))  # (n, g) ids or (n, g, V) logits
+        if out is None:
+            out = torch.empty((n, k_count, *got.shape[2:]), dtype=got.dtype)
+        out[:, members] = got
+    return out
+
+
+@contextlib.contextmanager
+def _record_block_outputs(blocks) -> Iterator[dict[int, int]]:
+    """Inside the block, ``structure[l]`` is 0 when block ``l`` returns a tensor, else the length of its tuple."""
+    structure: dict[int, int] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, out):
+            structure[layer] = len(out) if isinstance(out, tuple) else 0
+
+        return hook
+
+    handles = [block.register_forward_hook(make_hook(l)) for l, block in enumerate(blocks)]
+    try:
+        yield structure
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _skip_blocks(blocks, n_skip: int, structure: Mapping[int, int]) -> Iterator[None]:
+    """Inside the block, blocks ``0 .. n_skip - 1`` return their input hidden state unchanged (nothing computed).
+
+    Hooks registered on a skipped block still run (the patch of the last skipped block sets the state the next
+    block reads). Each skipped block returns what it returned in a real call (``structure`` from
+    :func:`_record_block_outputs`): a tensor, or a tuple whose other entries are None (the callers only read
+    ``[0]``). Only for rows whose skipped outputs are all overwritten, and with a KV cache that the skipped blocks'
+    attention no longer needs (their cache layers are simply not extended).
+    """
+    saved = []
+
+    def make_skip(length: int):
+        def skip(*args, **kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return (hidden, *([None] * (length - 1))) if length else hidden
+
+        return skip
+
+    try:
+        for l in range(n_skip):
+            block = blocks[l]
+            saved.append((block, block.__dict__.get("forward")))  # an instance forward (accelerate) is put back
+            block.forward = make_skip(structure[l])
+        yield
+    finally:
+        for block, own in saved:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
+
+
+def _sweep_kv_all_blocks(model, batch, theta, layers, mode) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch["attention_mask"]
     k_count = len(layers)
     # The patch changes only the last position, so positions 0..T-2 (and their keys/values) are the same for every
     # layer: compute them once, then recompute the last token for all (prompt, layer) rows at once.
-    _, cache = forward_last(model, ids[:, :-1], mask[:, :-1], use_cache=True)
+    _, cache = forward_last(model, ids[:, :-1], mask[:, :-1], use_cache=True, logits=False)
     cache = _repeat_cache(cache, k_count)
     last = ids[:, -1:].repeat_interleave(k_count, 0)
     full_mask = mask.repeat_interleave(k_count, 0)
-    with patch_last_position(model, _layer_patches(len(theta), theta, layers), mode):
+    with patch_last_position(model, layer_patches(len(theta), theta, layers), mode):
         logits, _ = forward_last(model, last, full_mask, past_key_values=cache)
     return logits.view(len(theta), k_count, -1)
 
@@ -656,7 +778,7 @@ def evaluate(
     ``scorer(x, y, prediction)`` (default :func:`exact_match`; pass e.g. ``lambda x, y, p: task.score(p, x)``).
     The paper's counts are the defaults (5 demonstrations, 50 + 50 sets, 100 baseline queries, seed 41).
     """
-    pairs = _check_pairs("pairs", pairs)
+    pairs = check_pairs("pairs", pairs)
     n_demos = check_int("n_demos", n_demos, minimum=1)
     n_dev = check_int("n_dev", n_dev, minimum=1)
     n_test = check_int("n_test", n_test, minimum=1)
@@ -802,6 +924,96 @@ def evaluate_task(
     return cached("task_vectors", config, compute)
 
 
+def task_vectors_for(
+    model,
+    tokenizer,
+    tasks: Sequence,
+    n_sets: int = 50,
+    n_demos: int = 5,
+    layers: Sequence[int] | int | None = None,
+    seed: int = 41,
+    fmt: PromptFormat | str = "example",
+    n_dummies: int = 2,
+    model_id: str | None = None,
+    cache: bool = True,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``theta_l(S)`` of ``n_sets`` fresh demonstration sets of every task in ``tasks``, cached on disk.
+
+    For each task in order (a name of the book's 18 tasks or an ``icllib.lang_tasks.Task``), filtered to
+    single-token answers like :func:`evaluate_task`, with the format's ``output_space`` following the filter
+    (:func:`format_for_task`): ``n_sets`` sets of ``n_demos`` pairs and a query
+    (``lang_tasks.sample_demonstrations``), ``n_dummies`` dummy queries outside each set, and
+    ``theta_l(S) = mean_{x'} h_l([S, x'])[-1]`` (the paper's Eq. 2 extraction, :func:`extract_task_vectors`).
+    One ``numpy`` generator seeded by ``seed`` draws the sets of all tasks in turn, so a task's sets depend on the
+    tasks before it (the same draws as Chapters 7 and 8 made by hand).
+
+    Returns float32 ``(n_tasks, n_sets, K, d)`` for a list of ``layers`` (K = its length; ``None`` = all L blocks)
+    or ``(n_tasks, n_sets, d)`` for a single int layer. With ``cache=True`` the result is stored by
+    ``icllib.cache.cached`` under ``model_id`` (``None`` = the offline default), the tasks' pairs and every
+    argument that changes it.
+    """
+    from icllib import lang_tasks
+    from icllib.cache import cached
+
+    if isinstance(tasks, (str, lang_tasks.Task)) or not isinstance(tasks, Sequence):
+        raise TypeError(f"tasks must be a list of task names or icllib.lang_tasks.Task objects, got {tasks!r}")
+    if len(tasks) == 0:
+        raise ValueError("tasks must name at least one task, got an empty list")
+    loaded = []
+    for i, task in enumerate(tasks):
+        if isinstance(task, str):
+            task = lang_tasks.load_task(task)
+        if not isinstance(task, lang_tasks.Task):
+            raise TypeError(f"tasks[{i}] must be a task name or an icllib.lang_tasks.Task, got {type(task).__name__}")
+        loaded.append(lang_tasks.filter_single_token(task, tokenizer))
+    n_sets = check_int("n_sets", n_sets, minimum=1)
+    n_demos = check_int("n_demos", n_demos, minimum=1)
+    n_dummies = check_int("n_dummies", n_dummies, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if model_id is not None and not isinstance(model_id, str):
+        raise TypeError(f"model_id must be None or a string, got {type(model_id).__name__}")
+    if not isinstance(cache, bool):
+        raise TypeError(f"cache must be a bool, got {cache!r}")
+    fmt = _check_format(fmt)
+    n_layers = model_parts(model).n_layers
+    single = isinstance(layers, (int, np.integer)) and not isinstance(layers, bool)
+    chosen = _check_layers(layers, n_layers)
+    for task in loaded:
+        if n_demos + 1 + n_dummies > len(task.pairs):
+            raise ValueError(
+                f"n_demos={n_demos} plus a query and n_dummies={n_dummies} dummy queries need "
+                f"{n_demos + 1 + n_dummies} distinct pairs, but task {task.name!r} holds only {len(task.pairs)}"
+            )
+
+    def compute() -> torch.Tensor:
+        rng = np.random.default_rng(seed)
+        out = []
+        for task in tqdm(loaded, desc="task vectors", disable=not progress, leave=False):
+            sets = lang_tasks.sample_demonstrations(task, n_sets, n_demos, rng)
+            dummies = [[x for x, _ in lang_tasks.sample_dummy_queries(task, [*demos, query], n_dummies, rng)]
+                       for demos, query in sets]
+            theta = extract_task_vectors(model, tokenizer, [demos for demos, _ in sets], dummies,
+                                         format_for_task(task, fmt), batch_size)
+            out.append(theta[:, chosen, :].float())
+        return torch.stack(out)
+
+    if cache:
+        config = {
+            "model": model_id or "smollm2-135m-instruct",
+            "tasks": [task.name for task in loaded],
+            "pairs": _digest([task.pairs for task in loaded]),
+            "n_sets": n_sets, "n_demos": n_demos, "layers": chosen, "seed": seed, "fmt": asdict(fmt),
+            "n_dummies": n_dummies, "n_layers": n_layers, "dtype": str(next(model.parameters()).dtype),
+        }
+        thetas = cached("task_vectors_for", config, compute)
+    else:
+        thetas = compute()
+    return thetas[:, :, 0, :] if single else thetas
+
+
 def _digest(*objects) -> str:
     text = json.dumps(objects, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -848,7 +1060,7 @@ def conflicting_tasks(
     Queries ``x`` are inputs shared by both tasks (e.g. single letters for next_letter and to_upper), never in
     either demonstration set; ``theta(S_B)`` uses ``n_dummies`` dummy queries of task B.
     """
-    pairs_a, pairs_b = _check_pairs("pairs_a", pairs_a), _check_pairs("pairs_b", pairs_b)
+    pairs_a, pairs_b = check_pairs("pairs_a", pairs_a), check_pairs("pairs_b", pairs_b)
     n_sets = check_int("n_sets", n_sets, minimum=1)
     n_demos = check_int("n_demos", n_demos, minimum=1)
     n_dummies = check_int("n_dummies", n_dummies, minimum=1)

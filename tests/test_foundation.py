@@ -83,3 +83,16 @@ def test_scalar_checks():
         _checks.check_choice("mode", "x", ["a", "b"])
     with pytest.raises(TypeError, match="torch.Generator"):
         _checks.check_generator("generator", 0)
+
+
+def test_check_pairs():
+    assert _checks.check_pairs("pairs", [["a", "A"], ("b", "B")]) == [("a", "A"), ("b", "B")]
+    assert _checks.check_pairs("demos", [], allow_empty=True) == []
+    with pytest.raises(ValueError, match="pairs must hold at least one"):
+        _checks.check_pairs("pairs", [])
+    with pytest.raises(TypeError, match="pairs must be a sequence"):
+        _checks.check_pairs("pairs", "ab")
+    with pytest.raises(TypeError, match=r"pairs\[1\] must be a pair of strings"):
+        _checks.check_pairs("pairs", [("a", "A"), ("b", 2)])
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a pair of strings"):
+        _checks.check_pairs("pairs", [("a", "A", "x")])

@@ -243,3 +243,30 @@ def test_tokenize_needs_pad_and_bos():
         llm.tokenize_left_padded(NoPad(), ["a"])
     with pytest.raises(ValueError, match="bos"):
         llm.tokenize_left_padded(NoBos(), ["a"], add_bos=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gptj", "gpt2"])
+def test_forward_last_equals_the_full_logits_at_the_last_position(arch):
+    """forward_last keeps only the last position's logits (an index, so the slice is contiguous): same values."""
+    model = llm.tiny_random_model(arch, n_layers=2, seed=1)
+    batch = llm.tokenize_left_padded(llm.CharTokenizer(), ["ab->c", "hello->", "q"])
+    full = model(**batch, position_ids=llm.position_ids_from_mask(batch["attention_mask"])).logits[:, -1, :]
+    last, _ = llm.forward_last(model, **batch)
+    assert last.shape == full.shape and last.is_contiguous()
+    torch.testing.assert_close(last, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gptj", "gpt2"])
+def test_forward_last_without_logits_gives_the_same_cache_and_block_outputs(arch):
+    """logits=False skips the unembedding only: the cache continues exactly as the one of a full pass."""
+    model = llm.tiny_random_model(arch, n_layers=2, seed=2)
+    batch = llm.tokenize_left_padded(llm.CharTokenizer(), ["ab->c", "hello->"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    full, _ = llm.forward_last(model, ids, mask)
+    none, cache = llm.forward_last(model, ids[:, :-1], mask[:, :-1], use_cache=True, logits=False)
+    assert none is None
+    step, _ = llm.forward_last(model, ids[:, -1:], mask, past_key_values=cache)
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    assert llm.forward_last(model, ids, mask, logits=False) == (None, None)
+    with pytest.raises(TypeError, match="logits"):
+        llm.forward_last(model, ids, mask, logits=1)

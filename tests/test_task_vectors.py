@@ -315,3 +315,102 @@ def test_evaluate_task_uses_the_tasks_rules_and_the_cache(tok, monkeypatch, tmp_
         tv.evaluate_task(model, tok, 3)
     with pytest.raises(TypeError, match="model_id"):
         tv.evaluate_task(model, tok, "to_upper", model_id=5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The block-skipping KV sweep, layer_patches, task_vectors_for
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("min_rows", [1, 4, 1000])
+def test_block_skipping_kv_sweep_equals_full_forwards_for_any_grouping(tiny, tok, min_rows):
+    """Row (prompt, l) skips blocks 0..l at the last position; groups of layers must not change any logit."""
+    generator = torch.Generator().manual_seed(1)
+    theta = torch.randn(len(PROMPTS), 3, llm.hidden_size(tiny), generator=generator)
+    layers = [2, 0, 1]  # unsorted on purpose: groups are formed in block order
+    naive = tv.patched_predictions(tiny, tok, PROMPTS, theta, layers, method="naive", return_logits=True)
+    batch = llm.tokenize_left_padded(tok, PROMPTS)
+    got = tv._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.float(), min_rows=min_rows)
+    torch.testing.assert_close(got, naive, atol=1e-5, rtol=1e-5)
+    ids = tv._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.argmax(-1), min_rows=min_rows,
+                       max_rows=3)
+    assert torch.equal(ids, naive.argmax(-1))
+    # the skipped blocks are put back
+    assert all("forward" not in block.__dict__ for block in llm.decoder_blocks(tiny))
+
+
+def test_kv_sweep_with_a_one_token_prompt_falls_back_to_batched(tok):
+    model = llm.tiny_random_model("llama", n_layers=3, seed=8)
+    prompts = ["q", "ab->", "hello->"]
+    theta = torch.randn(3, 3, 32, generator=torch.Generator().manual_seed(2))
+    kv = tv.patched_predictions(model, tok, prompts, theta, method="kv", max_rows=4, return_logits=True)
+    naive = tv.patched_predictions(model, tok, prompts, theta, method="naive", return_logits=True)
+    torch.testing.assert_close(kv, naive, atol=1e-5, rtol=1e-5)
+    assert torch.equal(tv.patched_predictions(model, tok, prompts, theta, method="kv", max_rows=4), naive.argmax(-1))
+
+
+def test_layer_patches_rows_and_bad_inputs():
+    theta = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    patches = tv.layer_patches(2, theta, [5, 1, 3])
+    assert set(patches) == {5, 1, 3}
+    rows, vectors = patches[1]
+    assert rows.tolist() == [1, 4] and torch.equal(vectors, theta[:, 1])
+    assert tv._layer_patches is tv.layer_patches and "layer_patches" in tv.__all__
+    with pytest.raises(ValueError, match="theta"):
+        tv.layer_patches(3, theta, [5, 1, 3])
+    with pytest.raises(ValueError, match="theta"):
+        tv.layer_patches(2, theta, [5, 1])
+    with pytest.raises(ValueError, match="repeats"):
+        tv.layer_patches(2, theta, [1, 1, 3])
+    with pytest.raises(TypeError, match="theta"):
+        tv.layer_patches(2, theta[0], [1, 2, 3])
+    with pytest.raises(TypeError, match="layers"):
+        tv.layer_patches(2, theta, 3)
+    with pytest.raises(ValueError, match="n_prompts"):
+        tv.layer_patches(0, theta, [1, 2, 3])
+
+
+def test_task_vectors_for_equals_the_loop_by_hand(tok, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from icllib import lang_tasks
+
+    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
+    model = llm.tiny_random_model("llama", n_layers=3, seed=9)
+    names = ["to_upper", "next_letter"]
+    got = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, n_dummies=2, model_id="tiny")
+    assert got.shape == (2, 3, 3, 32) and got.dtype == torch.float32
+    rng = np.random.default_rng(5)  # what Chapters 7 and 8 did by hand
+    for i, name in enumerate(names):
+        task = lang_tasks.filter_single_token(lang_tasks.TASKS[name], tok)
+        sets = lang_tasks.sample_demonstrations(task, 3, 2, rng)
+        dummies = [[x for x, _ in lang_tasks.sample_dummy_queries(task, [*d, q], 2, rng)] for d, q in sets]
+        fmt = replace(tv.FORMATS["example"], output_space=task.leading_space is not False)
+        assert torch.equal(got[i], tv.extract_task_vectors(model, tok, [d for d, _ in sets], dummies, fmt))
+    assert len(list(tmp_path.glob("results/task_vectors_for-*.pkl"))) == 1
+    one = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, layers=1, model_id="tiny")
+    assert torch.equal(one, got[:, :, 1])
+    again = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, layers=[2, 0], cache=False)
+    assert torch.equal(again, got[:, :, [2, 0]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"tasks": []}, ValueError, "at least one"),
+        ({"tasks": "to_upper"}, TypeError, "tasks"),
+        ({"tasks": [3]}, TypeError, r"tasks\[0\]"),
+        ({"tasks": ["no_such_task"]}, ValueError, "no_such_task"),
+        ({"n_sets": 0}, ValueError, "n_sets"),
+        ({"n_demos": 40}, ValueError, "n_demos"),
+        ({"n_dummies": 0}, ValueError, "n_dummies"),
+        ({"layers": [2]}, ValueError, "layers"),
+        ({"seed": -3}, ValueError, "seed"),
+        ({"model_id": 5}, TypeError, "model_id"),
+        ({"fmt": "nope"}, ValueError, "fmt"),
+        ({"cache": "yes"}, TypeError, "cache"),
+    ],
+)
+def test_task_vectors_for_bad_inputs(small, tok, kwargs, error, match):
+    args = {"tasks": ["to_upper"], "n_sets": 2, "n_demos": 2, "cache": False}
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        tv.task_vectors_for(small, tok, **args)
