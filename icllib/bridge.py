@@ -14,7 +14,8 @@ holds what the two Part III chapters compute with it:
    of lambda_hat and ``E`` what does not factor; :func:`swap_predictions` is the conflicting-task experiment of
    Hendel et al. in closed form.
 2. *Chapter 10, a trained causal transformer.* Prompts written as sequences (:class:`SequenceLayout`,
-   :func:`write_sequences`, :func:`sample_sequences`), the training loop (:func:`train_sequence_model`) and a thin
+   :func:`write_sequences`, :func:`sample_sequences`; all with N demonstrations, or batches of every length
+   0..N, right-padded, with ``min_demos``), the training loop (:func:`train_sequence_model`) and a thin
    adapter (:func:`sequence_task_vectors`, :func:`sequence_patched_outputs`, :func:`layer_sweep`) that runs the
    task-vector protocol of :mod:`icllib.task_vectors` (dummy queries, extraction at the last position, replacement
    in the bare query, every layer) on continuous inputs, through that module's own hooks
@@ -274,12 +275,29 @@ def _check_index(name: str, index, shape: tuple[int, ...] | None, high: int) -> 
     return index.long()
 
 
-def write_sequences(tokens, demo_index, y, query_index, bos: bool = True) -> torch.Tensor:
+def _check_n_shown(n_shown, n: int, N: int) -> torch.Tensor:
+    if not isinstance(n_shown, torch.Tensor) or n_shown.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"n_shown must be an integer torch tensor of demonstration counts, got {n_shown!r:.60}")
+    if tuple(n_shown.shape) != (n,):
+        raise ValueError(f"n_shown must have shape (n,) = ({n},), got {tuple(n_shown.shape)}")
+    if n_shown.numel() and (n_shown.min() < 0 or n_shown.max() > N):
+        raise ValueError(f"n_shown must hold counts in [0, N={N}], got range [{int(n_shown.min())}, "
+                         f"{int(n_shown.max())}]")
+    return n_shown.long()
+
+
+def write_sequences(tokens, demo_index, y, query_index, bos: bool = True, n_shown=None) -> torch.Tensor:
     """Write prompts as sequences (see :class:`SequenceLayout`): shape (n, 3 N + 2 + bos, d + 5).
 
     ``tokens`` (K, d) is the dictionary; ``demo_index`` (n, N) the token of each demonstration (N = 0 gives the
     bare query ``[BOS] x ->`` that a task vector is patched into); ``y`` (n, N) their labels; ``query_index`` (n,)
     the query token. The output has the dtype of ``tokens``.
+
+    ``n_shown`` (n,) (optional, integers in 0..N): prompt i shows only its first ``n_shown[i]`` demonstrations,
+    then its query, then all-zero padding up to the common length 3 N + 2 + bos. Padding sits *after* the query, so
+    a causal model's outputs up to the query arrow are those of the unpadded prompt; the arrows stay at
+    :meth:`SequenceLayout.arrow_positions` ``(N)``, prompt i's query arrow being number ``n_shown[i]``. With
+    ``n_shown[i] = 0`` the row starts with the bare query ``[BOS] x ->``.
     """
     tokens = as_float_tensor("tokens", tokens, ndim=2)
     K, d = tokens.shape
@@ -302,9 +320,21 @@ def write_sequences(tokens, demo_index, y, query_index, bos: bool = True) -> tor
     out[:, token_pos + 1, layout.flag("arrow")] = 1.0
     out[:, token_pos + 2, d] = y.to(tokens.dtype)
     out[:, token_pos + 2, layout.flag("label")] = 1.0
-    out[:, -2, :d] = tokens[query_index]
-    out[:, -2, layout.flag("token")] = 1.0
-    out[:, -1, layout.flag("arrow")] = 1.0
+    if n_shown is None:
+        out[:, -2, :d] = tokens[query_index]
+        out[:, -2, layout.flag("token")] = 1.0
+        out[:, -1, layout.flag("arrow")] = 1.0
+        return out
+    n_shown = _check_n_shown(n_shown, n, N)
+    # Blank everything from prompt i's query on (the demonstrations it does not show become padding), then write
+    # its query token and arrow where its (n_shown[i] + 1)-th demonstration would start.
+    positions = torch.arange(layout.length(N))
+    query_pos = start + 3 * n_shown  # (n,)
+    out[positions[None, :] >= query_pos[:, None]] = 0.0
+    rows = torch.arange(n)
+    out[rows, query_pos, :d] = tokens[query_index]
+    out[rows, query_pos, layout.flag("token")] = 1.0
+    out[rows, query_pos + 1, layout.flag("arrow")] = 1.0
     return out
 
 
@@ -317,6 +347,11 @@ class SequenceBatch:
     ``query_index`` (n,) token indices; ``y`` (n, N) the shown labels in sequence order; ``y_all`` (n, K) the noisy
     labels of all tokens; ``lam`` (n, m) the tasks; ``lambda_hat`` (n, m) the closed-form task vectors (B1);
     ``ridge`` (n,) Theorem 2's prediction for the query, ``z_q^T lambda_hat``.
+
+    Prompts of different lengths (``n_shown`` (n,), from ``sample_sequences(..., min_demos=...)``): prompt i shows
+    its first ``n_shown[i]`` demonstrations and is right-padded (:func:`write_sequences`); ``targets[i, j]`` is
+    ``y_j`` for ``j < n_shown[i]``, ``y_q`` at ``j = n_shown[i]`` and 0 (unused, see :attr:`arrow_mask`) after;
+    ``lambda_hat`` and ``ridge`` are those of the shown demonstrations. ``n_shown = None``: every prompt shows all.
     """
 
     inputs: torch.Tensor
@@ -329,14 +364,32 @@ class SequenceBatch:
     lambda_hat: torch.Tensor
     ridge: torch.Tensor
     bos: bool = True
+    n_shown: torch.Tensor | None = None
 
     @property
     def n_prompts(self) -> int:
         return self.inputs.shape[0]
 
+    @property
+    def shown(self) -> torch.Tensor:
+        """Number of demonstrations each prompt shows, (n,) (all N unless the batch has several lengths)."""
+        if self.n_shown is None:
+            return torch.full((self.n_prompts,), self.demo_index.shape[1], dtype=torch.long)
+        return self.n_shown
+
+    @property
+    def arrow_mask(self) -> torch.Tensor:
+        """(n, N + 1) bool: which arrows hold a real prediction (the shown demonstrations' and the query's)."""
+        return torch.arange(self.demo_index.shape[1] + 1)[None, :] <= self.shown[:, None]
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """Position of each prompt's query arrow, (n,) (the last position when all prompts show N)."""
+        return int(self.bos) + 1 + 3 * self.shown
+
     def with_queries(self, tokens, query_index) -> torch.Tensor:
         """The same demonstrations with other query tokens ``query_index`` (n,): inputs (n, T, d + 5)."""
-        return write_sequences(tokens, self.demo_index, self.y, query_index, self.bos)
+        return write_sequences(tokens, self.demo_index, self.y, query_index, self.bos, self.n_shown)
 
     def bare_queries(self, tokens) -> torch.Tensor:
         """The bare query ``[BOS] x_q ->`` of every prompt (no demonstrations): inputs (n, 2 + bos, d + 5)."""
@@ -355,6 +408,17 @@ def _check_dictionary(tokens, Z_all) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, Z_all
 
 
+def _shown_lambda_hat(Z64, demo_index, y, n_shown, tau: float) -> torch.Tensor:
+    """(B1) per prompt with the features of its first ``n_shown[i]`` demonstrations (0 with none), (n, m)."""
+    m = Z64.shape[0]
+    shown = (torch.arange(demo_index.shape[1])[None, :] < n_shown[:, None]).to(torch.float64)  # (n, N)
+    Z_shown = Z64.T[demo_index] * shown[:, :, None]  # (n, N, m) = Z_S^T, hidden demonstrations zeroed
+    gram = Z_shown.transpose(1, 2) @ Z_shown + m * tau * torch.eye(m, dtype=torch.float64)
+    rhs = Z_shown.transpose(1, 2) @ (y * shown)[:, :, None]
+    # tau = 0 with fewer than m demonstrations: the minimum-norm solution, as in ridge_coefficients' limit.
+    return (torch.linalg.pinv(gram) @ rhs if tau == 0 else torch.linalg.solve(gram, rhs))[:, :, 0]
+
+
 def sample_sequences(
     tokens,
     Z_all,
@@ -366,6 +430,7 @@ def sample_sequences(
     bos: bool = True,
     distribution="in_domain",
     n_demos: int | None = None,
+    min_demos: int | None = None,
 ) -> SequenceBatch:
     """Draw template-regression prompts (Part I's law) and write them as sequences.
 
@@ -374,6 +439,12 @@ def sample_sequences(
     prompt), and the query is a token drawn uniformly from the K - N unseen ones. ``n_demos`` (0..N, default N)
     keeps only the first ``n_demos`` demonstrations; ``lambda_hat`` and ``ridge`` are then those of the shown ones
     (0 without any). The output dtype is that of ``tokens``; the closed forms are float64.
+
+    ``min_demos`` (0..n_demos, default None: every prompt shows ``n_demos``): prompts of several lengths in one
+    batch. Prompt i shows ``n_i ~ Uniform{min_demos, ..., n_demos}`` demonstrations (drawn after everything else,
+    so the labels, orders and queries are those of the fixed-length batch from the same generator state) and is
+    right-padded to ``3 n_demos + 2 + bos`` positions (:func:`write_sequences`); ``min_demos = 0`` puts the bare
+    query ``[BOS] x ->`` into the sample, where the best prediction is the prior mean 0.
     """
     tokens, Z_all = _check_dictionary(tokens, Z_all)
     m, K = Z_all.shape
@@ -385,6 +456,8 @@ def sample_sequences(
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
     n_demos = n_labeled if n_demos is None else check_int("n_demos", n_demos, minimum=0, maximum=n_labeled)
+    if min_demos is not None:
+        min_demos = check_int("min_demos", min_demos, minimum=0, maximum=n_demos)
     Z64 = Z_all.double()
     prompts = sample_prompts(Z64, n_labeled, tau, n_prompts, generator, distribution=distribution)
     if shuffle:
@@ -394,20 +467,26 @@ def sample_sequences(
     demo_index = demo_index[:, :n_demos]
     query_index = torch.randint(n_labeled, K, (n_prompts,), generator=generator)
     y = prompts.y_all.gather(1, demo_index)
-    if n_demos == n_labeled:
+    n_shown = None
+    if min_demos is not None:
+        n_shown = torch.randint(min_demos, n_demos + 1, (n_prompts,), generator=generator)
+        theta = _shown_lambda_hat(Z64, demo_index, y, n_shown, tau)
+    elif n_demos == n_labeled:
         theta = lambda_hat(Z64[:, :n_labeled], prompts.y, tau)  # order-free: (B1) with Part I's Z
     elif n_demos == 0:
         theta = Z64.new_zeros(n_prompts, m)
     else:  # (B1) with the features of the shown tokens, one small solve per prompt
-        Z_shown = Z64.T[demo_index]  # (n, n_demos, m) = Z_S^T
-        gram = Z_shown.transpose(1, 2) @ Z_shown + m * tau * torch.eye(m, dtype=torch.float64)
-        rhs = (Z_shown.transpose(1, 2) @ y[:, :, None])
-        theta = (torch.linalg.pinv(gram) @ rhs if tau == 0 else torch.linalg.solve(gram, rhs))[:, :, 0]
+        theta = _shown_lambda_hat(Z64, demo_index, y, torch.full((n_prompts,), n_demos), tau)
     ridge = (theta * Z64[:, query_index].T).sum(-1)
     y_query = prompts.y_all.gather(1, query_index[:, None])
+    targets = torch.cat([y, y_query], dim=1)
+    if n_shown is not None:  # prompt i's query label sits at its arrow n_i; later arrows are padding
+        arrows = torch.arange(n_demos + 1)[None, :]
+        targets = torch.where(arrows < n_shown[:, None], targets, 0.0)
+        targets[torch.arange(n_prompts), n_shown] = y_query[:, 0]
     return SequenceBatch(
-        inputs=write_sequences(tokens, demo_index, y.to(tokens.dtype), query_index, bos),
-        targets=torch.cat([y, y_query], dim=1).to(tokens.dtype),
+        inputs=write_sequences(tokens, demo_index, y.to(tokens.dtype), query_index, bos, n_shown),
+        targets=targets.to(tokens.dtype),
         demo_index=demo_index,
         query_index=query_index,
         y=y.to(tokens.dtype),
@@ -416,6 +495,7 @@ def sample_sequences(
         lambda_hat=theta,
         ridge=ridge,
         bos=bos,
+        n_shown=n_shown,
     )
 
 
@@ -454,13 +534,16 @@ class SequenceHistory:
     ``train_loss``: mean training objective since the previous evaluation; ``query_mse``: mean squared error of
     the prediction at the query arrow against the query's noisy label ``y_q`` on fixed evaluation prompts;
     ``ridge_mse``: against Theorem 2's prediction ``z_q^T lambda_hat`` (how far the model is from the closed form);
-    ``ridge_floor``: the ridge prediction's own error against ``y_q``; ``zero_mse``: that of predicting 0.
+    ``ridge_floor``: the ridge prediction's own error against ``y_q``; ``zero_mse``: that of predicting 0;
+    ``bare_mse``: the mean square of the read-out at the bare query ``[BOS] x_q ->`` of the same prompts (its
+    distance from the prior mean 0, the best answer without demonstrations).
     """
 
     step: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     query_mse: list[float] = field(default_factory=list)
     ridge_mse: list[float] = field(default_factory=list)
+    bare_mse: list[float] = field(default_factory=list)
     elapsed_s: list[float] = field(default_factory=list)
     ridge_floor: float = float("nan")
     zero_mse: float = float("nan")
@@ -475,6 +558,23 @@ def sequence_predictions(model: nn.Module, inputs, batch_size: int = 4096) -> to
         for start in range(0, inputs.shape[0], batch_size):
             out.append(model(inputs[start : start + batch_size])[:, -1, 0])
     return torch.cat(out)
+
+
+def _arrow_loss(out: torch.Tensor, batch: SequenceBatch, query_weight: float) -> torch.Tensor:
+    """(ch10-loss) from the read-outs at the N + 1 arrow positions, (n, N + 1): demonstration arrows and query."""
+    if batch.n_shown is None:  # every prompt shows all N: the query is the last arrow
+        query_loss = ((out[:, -1] - batch.targets[:, -1]) ** 2).mean()
+        demo_loss = ((out[:, :-1] - batch.targets[:, :-1]) ** 2).mean()
+        return (1 - query_weight) * demo_loss + query_weight * query_loss
+    rows = torch.arange(out.shape[0])
+    query_loss = ((out[rows, batch.n_shown] - batch.targets[rows, batch.n_shown]) ** 2).mean()
+    demo = batch.arrow_mask.clone()
+    demo[rows, batch.n_shown] = False  # the arrows before prompt i's query; padding arrows are never scored
+    n_demo = int(demo.sum())
+    if n_demo == 0:  # only bare queries in this batch
+        return query_weight * query_loss
+    demo_loss = (((out - batch.targets) ** 2) * demo).sum() / n_demo
+    return (1 - query_weight) * demo_loss + query_weight * query_loss
 
 
 def train_sequence_model(
@@ -505,10 +605,12 @@ def train_sequence_model(
         loss = (1 - w) * mean_{i <= N} (out_{arrow_i} - y_i)^2 + w * mean (out_{arrow_q} - y_q)^2,   w = query_weight,
 
     the squared error at every arrow: the demonstration arrows (predict ``y_i`` from the ``i - 1`` labels before
-    it) and the query arrow (predict the unseen token's label from all demonstrations). With ``min_demos`` each step
-    shows a number of demonstrations drawn uniformly from ``min_demos..N`` (so that short prompts, down to the bare
-    query, are trained cases too); by default every prompt shows all N. The learning rate warms up linearly over
-    ``warmup`` steps, then follows a cosine down to ``lr / 10``. ``n_eval`` fixed prompts (drawn first from
+    it) and the query arrow (predict the unseen token's label from all demonstrations). With ``min_demos`` every
+    prompt draws its own number of demonstrations uniformly from ``min_demos..N`` (right-padded batches of
+    :func:`sample_sequences`; the mean over demonstration arrows runs over the shown ones, the query term over each
+    prompt's own query arrow), so short prompts, down to the bare query ``[BOS] x ->`` (``min_demos = 0``), are
+    trained cases too; by default every prompt shows all N. The learning rate warms up linearly over
+    ``warmup`` steps, then follows a cosine down to ``lr / 10``. ``n_eval`` fixed full-length prompts (drawn first from
     ``generator``) give the curves of :class:`SequenceHistory`. The model is updated in place.
     """
     if not isinstance(model, nn.Module):
@@ -545,6 +647,7 @@ def train_sequence_model(
                 "weight_decay": weight_decay, "shuffle": shuffle, "bos": bos, "tau": tau,
                 "min_demos": min_demos},
     )
+    bare_inputs = evaluation.bare_queries(tokens)
     layout = SequenceLayout(tokens.shape[1], bos)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -560,29 +663,25 @@ def train_sequence_model(
         was_training = model.training
         model.eval()
         pred = sequence_predictions(model, evaluation.inputs).double()
+        bare = sequence_predictions(model, bare_inputs).double()
         model.train(was_training)
         history.step.append(step)
         history.train_loss.append(train_loss)
         history.query_mse.append(float(((pred - y_q) ** 2).mean()))
         history.ridge_mse.append(float(((pred - evaluation.ridge) ** 2).mean()))
+        history.bare_mse.append(float((bare**2).mean()))
         history.elapsed_s.append(elapsed)
 
     record(0, float("nan"), 0.0)
     model.train()
     elapsed, running, count = 0.0, 0.0, 0
     bar = tqdm(range(steps), disable=not progress, leave=False, desc="causal transformer")
+    arrows = layout.arrow_positions(n_labeled)
     for step in bar:
-        n_demos = n_labeled if min_demos is None else int(torch.randint(min_demos, n_labeled + 1, (1,),
-                                                                              generator=generator))
-        batch = sample_sequences(tokens, Z_all, n_labeled, tau, batch_size, generator, shuffle, bos, n_demos=n_demos)
+        batch = sample_sequences(tokens, Z_all, n_labeled, tau, batch_size, generator, shuffle, bos,
+                                 min_demos=min_demos)
         start = time.perf_counter()
-        out = model(batch.inputs)[:, layout.arrow_positions(n_demos), 0]
-        query_loss = ((out[:, -1] - batch.targets[:, -1]) ** 2).mean()
-        if n_demos > 0:
-            demo_loss = ((out[:, :-1] - batch.targets[:, :-1]) ** 2).mean()
-            loss = (1 - query_weight) * demo_loss + query_weight * query_loss
-        else:  # the bare query: nothing to predict but the query
-            loss = query_weight * query_loss
+        loss = _arrow_loss(model(batch.inputs)[:, arrows, 0], batch, query_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -643,9 +742,10 @@ def sequence_patched_outputs(
     ``out[i, k]`` runs ``inputs[i]`` (the bare query, usually) with ``theta[i, k]`` written over the last position
     after block ``layers[k]`` (:func:`icllib.task_vectors.patch_last_position`, ``mode="replace"`` as in Hendel et
     al.; ``"add"`` adds it). ``theta`` is (n, len(layers), d_model) or (n, L, d_model) (all blocks, the ones in
-    ``layers`` used). All layers run in one batch: row ``i * len(layers) + k`` is patched at block ``layers[k]``.
+    ``layers`` used). All layers run in one batch: row ``i * len(layers) + k`` is patched at block ``layers[k]``
+    (:func:`icllib.task_vectors.layer_patches`), so ``layers`` must not repeat.
     """
-    from icllib.task_vectors import patch_last_position
+    from icllib.task_vectors import layer_patches, patch_last_position
 
     inputs = as_float_tensor("inputs", inputs, ndim=3)
     n_layers = _model_layers(model)
@@ -665,8 +765,7 @@ def sequence_patched_outputs(
     for start in range(0, n, per_chunk):
         rows = slice(start, min(start + per_chunk, n))
         x = inputs[rows].repeat_interleave(k_count, 0)
-        base = torch.arange(x.shape[0] // k_count) * k_count
-        patches = {layer: (base + k, theta[rows, k, :]) for k, layer in enumerate(layers)}
+        patches = layer_patches(x.shape[0] // k_count, theta[rows], layers)  # row i * K + k: block layers[k]
         with torch.no_grad(), patch_last_position(model, patches, mode):
             out.append(model(x)[:, -1, 0].reshape(-1, k_count))
     return torch.cat(out)

@@ -167,6 +167,80 @@ def test_sample_sequences_with_fewer_demonstrations(dictionary):
         bridge.sample_sequences(tokens, Z_all, N, TAU, 5, _gen(0), n_demos=N + 1)
 
 
+def test_sample_sequences_of_several_lengths(dictionary):
+    """min_demos: each prompt draws its own length, right-padded; arrows, targets and closed forms follow it."""
+    tokens, Z_all = dictionary
+    layout = bridge.SequenceLayout(D)
+    fixed = bridge.sample_sequences(tokens, Z_all, N, TAU, 200, _gen(30))
+    mixed = bridge.sample_sequences(tokens, Z_all, N, TAU, 200, _gen(30), min_demos=0)
+    shown = mixed.n_shown
+    assert fixed.n_shown is None and torch.equal(fixed.shown, torch.full((200,), N))
+    assert shown.shape == (200,) and shown.min() == 0 and shown.max() == N  # every length occurs
+    assert mixed.inputs.shape == fixed.inputs.shape == (200, layout.length(N), D + 5)
+    # the same labels, order and queries as the fixed-length batch from the same generator state
+    assert torch.equal(mixed.query_index, fixed.query_index) and torch.equal(mixed.y, fixed.y)
+    assert torch.equal(mixed.query_positions, layout.arrow_positions(N)[shown])
+    assert torch.equal(fixed.query_positions, torch.full((200,), layout.length(N) - 1))
+    for i in range(200):
+        n, end = int(shown[i]), int(mixed.query_positions[i]) + 1
+        alone = bridge.write_sequences(tokens, mixed.demo_index[i : i + 1, :n], mixed.y[i : i + 1, :n],
+                                       mixed.query_index[i : i + 1])
+        assert end == layout.length(n) and torch.equal(mixed.inputs[i, :end], alone[0])  # the unpadded prompt
+        assert torch.all(mixed.inputs[i, end:] == 0)  # then padding
+        assert torch.equal(mixed.arrow_mask[i], torch.arange(N + 1) <= n)
+        assert mixed.targets[i, n] == mixed.targets.new_tensor(float(mixed.y_all[i, mixed.query_index[i]]))
+        assert torch.equal(mixed.targets[i, :n], mixed.y[i, :n]) and torch.all(mixed.targets[i, n + 1 :] == 0)
+        Z_shown = Z_all[:, mixed.demo_index[i, :n]]
+        expected = (bridge.lambda_hat(Z_shown, mixed.y[i, :n].double(), TAU) if n
+                    else torch.zeros(M, dtype=torch.float64))
+        assert torch.allclose(mixed.lambda_hat[i], expected, atol=1e-10)
+    # n = 0: the row begins with exactly the bare query [BOS] x -> that the protocol patches into
+    bare_rows = torch.nonzero(shown == 0)[:, 0]
+    bare = mixed.bare_queries(tokens)
+    assert torch.equal(mixed.inputs[bare_rows, :3], bare[bare_rows])
+    assert torch.all(mixed.ridge[bare_rows] == 0)
+    # other queries keep each prompt's own length
+    other = mixed.with_queries(tokens, torch.full((200,), K - 1))
+    rows = torch.arange(200)
+    assert torch.equal(other[rows, mixed.query_positions - 1, :D], tokens[K - 1].expand(200, -1))
+    # a range inside 0..n_demos, and the writer's own checks
+    narrow = bridge.sample_sequences(tokens, Z_all, N, TAU, 100, _gen(31), n_demos=3, min_demos=2)
+    assert narrow.inputs.shape == (100, layout.length(3), D + 5) and set(narrow.n_shown.tolist()) == {2, 3}
+    with pytest.raises(ValueError, match="min_demos"):
+        bridge.sample_sequences(tokens, Z_all, N, TAU, 5, _gen(0), n_demos=2, min_demos=3)
+    with pytest.raises(ValueError, match="min_demos"):
+        bridge.sample_sequences(tokens, Z_all, N, TAU, 5, _gen(0), min_demos=-1)
+    with pytest.raises(TypeError, match="n_shown"):
+        bridge.write_sequences(tokens, mixed.demo_index, mixed.y, mixed.query_index, n_shown=shown.float())
+    with pytest.raises(ValueError, match="n_shown"):
+        bridge.write_sequences(tokens, mixed.demo_index, mixed.y, mixed.query_index, n_shown=shown[:5])
+    with pytest.raises(ValueError, match="n_shown"):
+        bridge.write_sequences(tokens, mixed.demo_index, mixed.y, mixed.query_index, n_shown=shown + N)
+
+
+def test_variable_length_loss_scores_each_prompts_own_arrows(dictionary):
+    """The training loss on a mixed batch: demonstration arrows before each query, the query arrow, no padding."""
+    tokens, Z_all = dictionary
+    batch = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 40, _gen(32), min_demos=0)
+    out = torch.randn(40, N + 1, generator=_gen(33))
+    out_padded = out.clone()
+    out_padded[~batch.arrow_mask] = 1e6  # read-outs at padding arrows must not count
+    w = 0.3
+    loss = bridge._arrow_loss(out_padded, batch, w)
+    rows = torch.arange(40)
+    sq = (out - batch.targets) ** 2
+    query = sq[rows, batch.n_shown].mean()
+    demo = torch.cat([sq[i, : int(batch.n_shown[i])] for i in range(40)]).mean()
+    assert torch.allclose(loss, (1 - w) * demo + w * query)
+    # all prompts of full length: the fixed-length loss
+    full = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 40, _gen(32), min_demos=N)
+    plain = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 40, _gen(32))
+    assert torch.equal(full.inputs, plain.inputs)
+    assert torch.allclose(bridge._arrow_loss(out, full, w), bridge._arrow_loss(out, plain, w))
+    bare = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 8, _gen(34), n_demos=0, min_demos=0)
+    assert torch.allclose(bridge._arrow_loss(out[:8, :1], bare, w), w * ((out[:8, 0] - bare.targets[:, 0]) ** 2).mean())
+
+
 def test_sample_dummy_queries():
     query = torch.tensor([5, 6, 7, 15])
     dummies = bridge.sample_dummy_queries(query, N, K, 2, _gen(9))
@@ -200,11 +274,14 @@ def test_training_decreases_the_loss():
     assert history.ridge_floor < 1e-10 < history.zero_mse  # tau = 0: ridge is exact
     assert not model.training
     assert history.config["min_demos"] is None
+    assert len(history.bare_mse) == 3 and all(np.isfinite(history.bare_mse))
     # variable prompt lengths, down to the bare query
     short = bridge.train_sequence_model(model, tokens.float(), Z_all, N, 0.0, steps=4, batch_size=8,
                                         generator=_gen(2), min_demos=0, warmup=1, eval_every=2, n_eval=20,
                                         progress=False)
-    assert np.isfinite(short.train_loss[1:]).all()
+    assert np.isfinite(short.train_loss[1:]).all() and short.config["min_demos"] == 0
+    with pytest.raises(ValueError, match="min_demos"):
+        bridge.train_sequence_model(model, tokens.float(), Z_all, N, 0.0, steps=1, generator=_gen(2), min_demos=N + 1)
 
 
 # ------------------------------------------------------------------------------------------------ task vectors
@@ -297,6 +374,8 @@ def test_bad_inputs(dictionary):
         bridge.sequence_patched_outputs(model, bare, torch.zeros(3, 2, 16))
     with pytest.raises(ValueError, match="layer"):
         bridge.sequence_patched_outputs(model, bare, torch.zeros(2, 1, 16), layers=[5])
+    with pytest.raises(ValueError, match="layers"):
+        bridge.sequence_patched_outputs(model, bare, torch.zeros(2, 2, 16), layers=[1, 1])
     batch = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 2, _gen(0))
     with pytest.raises(ValueError, match="dummy_index"):
         bridge.layer_sweep(model, tokens, batch, torch.zeros(3, 2, dtype=torch.long))

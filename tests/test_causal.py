@@ -171,3 +171,23 @@ def test_forward_rejects_bad_inputs():
         model(_inputs(), position_ids=torch.arange(T) + 10)
     with pytest.raises(TypeError, match="position_ids"):
         model(_inputs(), position_ids=torch.arange(T, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_attention_numerics_unchanged_by_the_shared_helper(positions):
+    """CausalSelfAttention through multi_head_attention gives bit-for-bit the inline computation it replaced."""
+    import torch.nn.functional as F
+
+    from icllib.models.causal import rotate
+
+    model = _model(positions=positions, rotary_base=30.0)
+    attn = model.blocks[1].attn
+    x = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(7))
+    mask = model.attention_mask_for(T)
+    position_ids = torch.arange(T)
+    q, k, v = (t.view(2, T, 4, 4).transpose(1, 2) for t in attn.qkv(x).split(16, dim=-1))
+    if positions == "rotary":
+        q, k = rotate(q, position_ids, 30.0), rotate(k, position_ids, 30.0)
+    inline = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    inline = attn.proj(inline.transpose(1, 2).reshape(2, T, 16))
+    assert torch.equal(attn(x, mask, position_ids), inline)

@@ -283,3 +283,45 @@ def test_trains_with_the_library_loop():
     )
     assert history.step == [0, 2, 4]
     assert np.isfinite(history.in_domain).all() and np.isfinite(history.train_loss).all()
+
+
+def test_multi_head_attention_is_softmax_attention_per_head():
+    """The shared head arithmetic: per head h, softmax(q_h k_h^T / sqrt(d_h) + mask) v_h, heads side by side."""
+    from icllib.models.multilayer import multi_head_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, length, 8, generator=gen, dtype=torch.float64) for length in (5, 3, 3))
+    mask = torch.rand(5, 3, generator=gen) < 0.7
+    mask[:, 0] = True  # every query keeps a key
+    out = multi_head_attention(q, k, v, 2, mask)
+    assert out.shape == (2, 5, 8)
+    for h in range(2):
+        cols = slice(4 * h, 4 * h + 4)
+        scores = q[..., cols] @ k[..., cols].transpose(1, 2) / 2.0  # sqrt(head_dim = 4)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        assert torch.allclose(out[..., cols], weights @ v[..., cols], atol=1e-12)
+    # a transform of the split queries and keys is applied before the scores
+    flipped = multi_head_attention(q, k, v, 2, mask, rotate_qk=lambda a, b: (-a, -b))
+    assert torch.allclose(flipped, out, atol=1e-12)  # (-q)(-k)^T = q k^T
+
+
+def test_attention_numerics_unchanged_by_the_shared_helper():
+    """Attention through multi_head_attention gives bit-for-bit the numbers of the inline computation it replaced."""
+    import torch.nn.functional as F
+
+    config = TransformerConfig(16, 1, 4, 32)
+    block = Block(config)
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for param in block.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen))
+    x = torch.randn(3, 7, 16, generator=gen)
+    attn = block.attn
+    for mask, n_keys in ((None, None), (causal_mask(7), None), (None, 4)):
+        keys = 7 if n_keys is None else n_keys
+        q = attn.query(x).view(3, 7, 4, 4).transpose(1, 2)
+        k, v = attn.key_value(x[:, :keys]).split(16, dim=-1)
+        k, v = (t.reshape(3, keys, 4, 4).transpose(1, 2) for t in (k, v))
+        inline = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        inline = attn.proj(inline.transpose(1, 2).reshape(3, 7, 16))
+        assert torch.equal(attn(x, attn_mask=mask, n_keys=n_keys), inline)

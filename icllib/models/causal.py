@@ -30,11 +30,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from icllib._checks import as_float_tensor, check_choice, check_float, check_generator, check_int
-from icllib.models.multilayer import MLP, TransformerConfig
+from icllib.models.multilayer import MLP, TransformerConfig, multi_head_attention
 
 __all__ = ["CausalTransformer", "CausalSelfAttention", "CausalBlock", "rotate"]
 
@@ -60,7 +59,11 @@ def rotate(x: torch.Tensor, position_ids: torch.Tensor, base: float = 10_000.0) 
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head scaled dot-product self-attention (n_heads heads of width d_model / n_heads), optionally rotary."""
+    """Multi-head scaled dot-product self-attention (n_heads heads of width d_model / n_heads), optionally rotary.
+
+    The heads' arithmetic is :func:`icllib.models.multilayer.multi_head_attention`, shared with the Part I models;
+    this class adds the fused query/key/value projection and the rotation of queries and keys.
+    """
 
     def __init__(self, config: TransformerConfig, rotary: bool, rotary_base: float = 10_000.0) -> None:
         super().__init__()
@@ -71,14 +74,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """``x`` (B, T, d_model); ``attn_mask`` boolean (T, T) or (B, 1, T, T), True = may attend."""
-        batch, length, width = x.shape
-        q, k, v = (t.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
-                   for t in self.qkv(x).split(width, dim=-1))
-        if self.rotary:
-            q, k = rotate(q, position_ids, self.rotary_base), rotate(k, position_ids, self.rotary_base)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        q, k, v = self.qkv(x).split(x.shape[-1], dim=-1)
+
+        def rotate_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return rotate(q, position_ids, self.rotary_base), rotate(k, position_ids, self.rotary_base)
+
+        out = multi_head_attention(q, k, v, self.n_heads, attn_mask, self.dropout if self.training else 0.0,
+                                   rotate_qk if self.rotary else None)
+        return self.proj(out)
 
 
 class CausalBlock(nn.Module):

@@ -25,6 +25,7 @@ The blocks also take a general boolean ``attn_mask``, so a causal sequence model
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,8 @@ from torch import nn
 
 from icllib._checks import as_float_tensor, check_float, check_generator, check_int
 
-__all__ = ["TransformerConfig", "Attention", "MLP", "Block", "causal_mask", "MultiLayerTransformer"]
+__all__ = ["TransformerConfig", "multi_head_attention", "Attention", "MLP", "Block", "causal_mask",
+           "MultiLayerTransformer"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -90,6 +92,36 @@ def _check_mask(attn_mask: torch.Tensor, n_queries: int, n_keys: int) -> None:
         raise ValueError("attn_mask leaves some position with no key to attend to (a row of all False)")
 
 
+def multi_head_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    rotate_qk: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """The attention shared by every transformer here: softmax(q_h k_h^T / sqrt(head_dim)) v_h per head h, heads
+    concatenated (the output projection is the caller's).
+
+    ``q`` (B, L, d_model) queries, ``k`` and ``v`` (B, S, d_model) keys and values, already projected; each is split
+    into ``n_heads`` heads of width d_model / n_heads. ``attn_mask``: boolean (L, S) or (B, 1, L, S), True = may
+    attend. ``rotate_qk(q, k)``, if given, transforms the split queries and keys (B, H, ., head_dim) before the
+    scores, e.g. rotary positions. Returns (B, L, d_model).
+    """
+    batch, length, width = q.shape
+    head_dim = width // n_heads
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (B, positions, d_model) -> (B, H, positions, head_dim)
+        return t.reshape(batch, t.shape[1], n_heads, head_dim).transpose(1, 2)
+
+    q, k, v = heads(q), heads(k), heads(v)
+    if rotate_qk is not None:
+        q, k = rotate_qk(q, k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    return out.transpose(1, 2).reshape(batch, length, width)
+
+
 class Attention(nn.Module):
     """Multi-head scaled dot-product attention: n_heads heads of width head_dim = d_model / n_heads.
 
@@ -109,19 +141,14 @@ class Attention(nn.Module):
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, n_keys: int | None = None
     ) -> torch.Tensor:
         """``x``: (B, L, d_model). ``attn_mask``: boolean (L, S) or (B, 1, L, S), True = may attend, S = n_keys."""
-        batch, length, width = x.shape
+        length, width = x.shape[1], x.shape[2]
         n_keys = length if n_keys is None else n_keys
         if attn_mask is not None:
             _check_mask(attn_mask, length, n_keys)
-        # Heads as a batch dimension: (B, H, positions, head_dim).
-        q = self.query(x).view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.key_value(x[:, :n_keys]).split(width, dim=-1)
-        k = k.reshape(batch, n_keys, self.n_heads, self.head_dim).transpose(1, 2)
-        v = v.reshape(batch, n_keys, self.n_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(batch, length, width)))
+        out = multi_head_attention(self.query(x), k, v, self.n_heads, attn_mask,
+                                   dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(out))
 
 
 class MLP(nn.Module):
