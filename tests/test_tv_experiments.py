@@ -1,0 +1,243 @@
+"""Tests of icllib.tv_experiments: spreads and rates, averaging, interpolation, addition vectors, the model sweeps."""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+import torch
+
+from icllib import llm
+from icllib import task_vectors as tv
+from icllib import tv_experiments as tx
+
+LETTERS = [(c, c.upper()) for c in string.ascii_lowercase]  # to_upper, 26 pairs
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return llm.tiny_random_model("llama", n_layers=3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return llm.CharTokenizer()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spread and the 1/k law
+# ----------------------------------------------------------------------------------------------------------------
+def test_set_spread_is_the_trace_of_the_covariance_and_cosine_ignores_length():
+    theta = torch.randn(7, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.allclose(tx.set_spread(theta), torch.cov(theta.T).trace())
+    assert float(tx.set_spread(torch.tensor([[0.0], [2.0]]))) == pytest.approx(2.0)
+    parallel = torch.tensor([[1.0, 2.0], [3.0, 6.0], [0.5, 1.0]])
+    assert float(tx.set_spread(parallel, "cosine")) == pytest.approx(0.0, abs=1e-6)
+    layered = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(1))
+    per_layer = tx.set_spread(layered)
+    assert per_layer.shape == (3,)
+    assert torch.allclose(per_layer[1], tx.set_spread(layered[:, 1]))
+
+
+def test_fit_inverse_k_recovers_floor_and_rate():
+    k = np.array([1, 2, 4, 8, 16])
+    fit = tx.fit_inverse_k(k, 0.5 + 3.0 / k)
+    assert fit.a == pytest.approx(0.5) and fit.b == pytest.approx(3.0) and fit.r2 == pytest.approx(1.0)
+    assert fit.floor_share == pytest.approx(0.5 / 3.5)
+    np.testing.assert_allclose(fit(k), 0.5 + 3.0 / k)
+    pure = tx.fit_inverse_k(k, 2.0 / k)
+    assert pure.slope == pytest.approx(-1.0) and pure.a == pytest.approx(0.0, abs=1e-12)
+    rising = tx.fit_inverse_k(k, 0.1 * k)  # a negative floor is refused: falls back to b / k or a constant
+    assert rising.a >= 0 and rising.b >= 0
+
+
+def test_ridge_spread_falls_like_one_over_k_when_k_exceeds_m():
+    g = torch.Generator().manual_seed(0)
+    m, K = 3, 600
+    Z_all = torch.randn(m, K, generator=g, dtype=torch.float64)
+    lam = torch.randn(m, generator=g, dtype=torch.float64)
+    ks = [25, 100, 400]
+    v = tx.ridge_spread(Z_all, lam, 0.01, 0.5, ks, 300, g)
+    assert v.shape == (3,) and v.dtype == torch.float64
+    fit = tx.fit_inverse_k(ks, v.numpy())
+    assert -1.25 < fit.slope < -0.8
+    # the asymptotic law noise^2 tr(Sigma^{-1}) / k, Sigma the features' second moment
+    predicted = 0.25 * torch.linalg.inv(Z_all @ Z_all.T / K).trace() / 100
+    assert float(v[1]) == pytest.approx(float(predicted), rel=0.25)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Averaging, interpolation, the addition vector
+# ----------------------------------------------------------------------------------------------------------------
+def test_group_means():
+    theta = torch.arange(12.0).reshape(6, 2)
+    assert torch.equal(tx.group_means(theta, 1), theta)
+    assert torch.allclose(tx.group_means(theta, 6), theta.mean(0, keepdim=True))
+    pairs = tx.group_means(theta, 2)
+    assert pairs.shape == (3, 2) and torch.allclose(pairs[0], theta[:2].mean(0))
+    assert tx.group_means(theta, 4).shape == (1, 2)  # leftovers dropped
+    shuffled = tx.group_means(theta, 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(shuffled.mean(0), theta.mean(0))
+    layered = torch.randn(8, 4, 5, generator=torch.Generator().manual_seed(2))
+    assert tx.group_means(layered, 2).shape == (4, 4, 5)
+
+
+def test_interpolate_and_mean_difference():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])
+    out = tx.interpolate(a, b, [0.0, 0.5, 1.0])
+    assert torch.allclose(out, torch.tensor([[1.0, 0.0], [0.5, 1.5], [0.0, 3.0]]))
+    assert tx.interpolate(torch.zeros(3, 4), torch.ones(3, 4), np.linspace(0, 1, 5)).shape == (5, 3, 4)
+    theta = torch.tensor([[[1.0, 1.0]], [[3.0, 1.0]]])  # (2 sets, 1 layer, d = 2)
+    bare = torch.tensor([[[0.0, 1.0]], [[0.0, 3.0]], [[0.0, 2.0]]])
+    assert torch.allclose(tx.mean_difference(theta, bare), torch.tensor([[2.0, -1.0]]))
+
+
+def test_answer_shares_and_switch_point():
+    shares = tx.answer_shares(["A", "b", "?", "C"], ["a", "a", "b", "c"],
+                              lambda x, p: p == x.upper(), lambda x, p: p == chr(ord(x) + 1))
+    assert (shares.a, shares.b, shares.neither) == (0.5, 0.25, 0.25)
+    alphas = np.linspace(0, 1, 11)
+    step_b = (alphas > 0.45).astype(float)
+    sharp = tx.switch_point(alphas, 1 - step_b, step_b)
+    assert sharp.alpha_star == pytest.approx(0.45) and sharp.width == pytest.approx(0.08)
+    smooth = tx.switch_point(alphas, 1 - alphas, alphas)
+    assert smooth.alpha_star == pytest.approx(0.5) and smooth.width == pytest.approx(0.8)
+    never = tx.switch_point(alphas, np.ones(11), np.zeros(11))
+    assert np.isnan(never.alpha_star) and np.isnan(never.width)
+
+
+def test_split_pairs_is_disjoint_seeded_and_the_same_for_shared_inputs():
+    demos, queries = tx.split_pairs(LETTERS, 0.3, seed=3)
+    assert len(demos) + len(queries) == 26 and 2 <= len(queries) <= 16
+    assert not {x for x, _ in demos} & {x for x, _ in queries}
+    assert tx.split_pairs(LETTERS, 0.3, seed=3) == (demos, queries)
+    assert tx.split_pairs(LETTERS, 0.3, seed=4) != (demos, queries)
+    next_letter = [(c, chr(ord(c) + 1)) for c in string.ascii_lowercase[:-1]]  # shares 25 inputs with LETTERS
+    _, held = tx.split_pairs(next_letter, 0.3, seed=3)
+    assert {x for x, _ in held} == {x for x, _ in queries} - {"z"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On a tiny random model
+# ----------------------------------------------------------------------------------------------------------------
+def test_patch_grid_matches_patched_predictions(tiny, tok):
+    vectors = torch.randn(3, llm.hidden_size(tiny), generator=torch.Generator().manual_seed(0))
+    queries = ["a", "q", "z"]
+    grid = tx.patch_grid(tiny, tok, vectors, queries, layer=1)
+    assert len(grid) == 3 and all(len(row) == 3 for row in grid)
+    direct = tv.patched_predictions(tiny, tok, [tv.format_prompt([], "q", "example")], vectors[2:3], [1])
+    assert grid[2][1] == tok.decode([int(direct[0, 0])])
+    added = tx.patch_grid(tiny, tok, torch.zeros(1, llm.hidden_size(tiny)), queries, layer=2, mode="add")
+    plain = tv.predict(tiny, tok, [tv.format_prompt([], x, "example") for x in queries])
+    assert added[0] == [tok.decode([int(i)]) for i in plain.tolist()]  # adding zero changes nothing
+
+
+def test_demo_count_sweep_on_a_tiny_model(tiny, tok):
+    demos, queries = tx.split_pairs(LETTERS, 0.25, seed=0)
+    sweep = tx.demo_count_sweep(tiny, tok, demos, queries, [1, 3], layer=1, n_sets=4, n_queries=2, seed=5,
+                                all_layers_at=3)
+    assert sweep.n_demos == [1, 3] and sweep.layer == 1
+    assert sweep.theta_all.shape == (4, 3, llm.hidden_size(tiny))
+    np.testing.assert_allclose(sweep.theta_all[:, 1], sweep.theta[3], rtol=1e-6)
+    assert np.all(sweep.dummy_spread >= 0) and sweep.dummy_spread.shape == (2,)
+    assert sweep.theta[3].shape == (4, llm.hidden_size(tiny)) and sweep.spread_by_layer[1].shape == (3,)
+    assert sweep.spread.shape == (2,)
+    assert sweep.spread[1] == pytest.approx(float(tx.set_spread(torch.tensor(sweep.theta[3]).double())), rel=1e-5)
+    assert all(0.0 <= sweep.icl[k] <= 1.0 and 0.0 <= sweep.tv[k] <= 1.0 for k in (1, 3))
+    again = tx.demo_count_sweep(tiny, tok, demos, queries, [1, 3], layer=1, n_sets=4, n_queries=2, seed=5)
+    np.testing.assert_allclose(again.theta[3], sweep.theta[3])  # seeded
+
+
+def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
+    demos, queries = tx.split_pairs(LETTERS, 0.25, seed=0)
+    sets = [demos[i:i + 3] for i in range(0, 12, 3)]
+    dummies = [[demos[-1][0], demos[-2][0]]] * 4
+    theta = tv.extract_task_vectors(tiny, tok, sets, dummies)  # (4, L, d)
+    acc = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2, 4], rows=8, seed=0)
+    assert set(acc) == {1, 2, 4} and all(0.0 <= a <= 1.0 for a in acc.values())
+    bare = tv.last_position_states(tiny, tok, [tv.format_prompt([], x, "example") for x, _ in demos[:5]])
+    result = tx.replace_vs_add(tiny, tok, theta, bare, queries[:4], scales=(0.0, 1.0))
+    n_layers = llm.n_layers(tiny)
+    assert result.replace_set.shape == (n_layers,) and result.add[1.0].shape == (n_layers,)
+    assert np.allclose(result.delta_norm, tx.mean_difference(theta, bare).double().norm(dim=-1).numpy())
+    # adding 0 * Delta is the bare query: its accuracy is the zero-shot accuracy at every block
+    plain = tv.predict(tiny, tok, [tv.format_prompt([], x, "example") for x, _ in queries[:4]])
+    zero_shot = np.mean([tok.decode([int(i)]) == y for (_, y), i in zip(queries[:4], plain.tolist())])
+    assert np.allclose(result.add[0.0], zero_shot)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad inputs
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: tx.set_spread([[1.0, 2.0]]), TypeError),
+        (lambda: tx.set_spread(torch.zeros(1, 3)), ValueError),
+        (lambda: tx.set_spread(torch.zeros(3)), ValueError),
+        (lambda: tx.set_spread(torch.zeros(3, 2), metric="l1"), ValueError),
+        (lambda: tx.fit_inverse_k([1, 2], [1.0]), ValueError),
+        (lambda: tx.fit_inverse_k([2, 2], [1.0, 1.0]), ValueError),
+        (lambda: tx.fit_inverse_k([0, 2], [1.0, 1.0]), ValueError),
+        (lambda: tx.fit_inverse_k([1, 2], [1.0, -1.0]), ValueError),
+        (lambda: tx.ridge_spread(torch.zeros(3, 10), torch.zeros(2), 0.1, 0.1, [2], 5,
+                                 torch.Generator()), ValueError),
+        (lambda: tx.ridge_spread(torch.zeros(3, 10), torch.zeros(3), 0.1, 0.1, [11], 5,
+                                 torch.Generator()), ValueError),
+        (lambda: tx.ridge_spread(torch.zeros(3, 10), torch.zeros(3), 0.1, 0.1, [2], 5, 0), TypeError),
+        (lambda: tx.ridge_spread(torch.zeros(3, 10), torch.zeros(3), -1.0, 0.1, [2], 5,
+                                 torch.Generator()), ValueError),
+        (lambda: tx.group_means(torch.zeros(4, 2), 5), ValueError),
+        (lambda: tx.group_means(torch.zeros(4, 2), 1.5), TypeError),
+        (lambda: tx.group_means(torch.zeros(4, 2), 2, generator=3), TypeError),
+        (lambda: tx.interpolate(torch.zeros(3), torch.zeros(4), [0.5]), ValueError),
+        (lambda: tx.interpolate(torch.zeros(3), torch.zeros(3), [float("nan")]), ValueError),
+        (lambda: tx.interpolate(torch.zeros(3), torch.zeros(3), 0.5), TypeError),
+        (lambda: tx.interpolate(torch.zeros(3), torch.zeros(3), []), ValueError),
+        (lambda: tx.mean_difference(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), ValueError),
+        (lambda: tx.answer_shares(["A"], ["a", "b"], lambda x, p: True, lambda x, p: False), ValueError),
+        (lambda: tx.answer_shares(["A"], ["a"], lambda x, p: True, lambda x, p: True), ValueError),
+        (lambda: tx.answer_shares("A", "a", lambda x, p: True, lambda x, p: False), TypeError),
+        (lambda: tx.answer_shares(["A"], ["a"], None, lambda x, p: False), TypeError),
+        (lambda: tx.switch_point([0.0, 1.0], [1.0], [0.0, 1.0]), ValueError),
+        (lambda: tx.switch_point([1.0, 0.0], [1.0, 0.0], [0.0, 1.0]), ValueError),
+        (lambda: tx.split_pairs(LETTERS, 1.0, 0), ValueError),
+        (lambda: tx.split_pairs(LETTERS, 0.0, 0), ValueError),
+        (lambda: tx.split_pairs(LETTERS, 0.3, -1), ValueError),
+        (lambda: tx.split_pairs(LETTERS, "0.3", 0), TypeError),
+        (lambda: tx.split_pairs("ab", 0.5, 0), TypeError),
+        (lambda: tx.split_pairs([("a", 1)], 0.5, 0), TypeError),
+    ],
+)
+def test_bad_inputs(call, error):
+    with pytest.raises(error):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda m, t: tx.patch_grid(m, t, torch.zeros(2, 32), "ab", 1), TypeError),
+        (lambda m, t: tx.patch_grid(m, t, torch.zeros(32), ["a"], 1), ValueError),
+        (lambda m, t: tx.patch_grid(m, t, torch.zeros(1, 32), ["a"], 1, mode="mul"), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [9], 1, 4), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 4, n_dummies=1), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 4, all_layers_at=2),
+         ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1, 1], 1, 4), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 3, 4), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 1), ValueError),
+        (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 4, scorer=3), TypeError),
+        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [8]), ValueError),
+        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], rows=0), ValueError),
+        (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:3]),
+         ValueError),
+        (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:2],
+                                        scales=()), TypeError),
+        (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 32), torch.zeros(4, 32), LETTERS[:2]), ValueError),
+    ],
+)
+def test_bad_inputs_with_a_model(tiny, tok, call, error):
+    with pytest.raises(error):
+        call(tiny, tok)
