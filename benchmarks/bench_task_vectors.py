@@ -24,6 +24,7 @@ extrapolated); Chapter 8's two per-pair parts always run in full. Plots, t-SNE a
     python benchmarks/bench_task_vectors.py --quick    # 4 queries (CI smoke test)
     python benchmarks/bench_task_vectors.py --part2    # + the whole of Part II at full size, timed (minutes)
     python benchmarks/bench_task_vectors.py --part2 --part2-tasks 6   # ... measured on 6 of 18 tasks, extrapolated
+    python benchmarks/bench_task_vectors.py --part2 --skip-sweep --part2-dtypes float32,bfloat16   # both, one run
     ICL_MODEL=EleutherAI/pythia-2.8b python benchmarks/bench_task_vectors.py --device cuda
 """
 
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--part2-tasks", type=int, default=18,
                         help="measure Part II's per-task work on this many of the 18 tasks and extrapolate")
     parser.add_argument("--skip-sweep", action="store_true", help="only the --part2 timing")
+    parser.add_argument("--part2-dtypes", default=None,
+                        help="comma-separated LLM dtypes to time Part II in, one after another, e.g. "
+                             "float32,bfloat16 (default: ICL_DTYPE, i.e. settings.dtype())")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,12 +126,21 @@ def main() -> None:
     n_queries = 4 if args.quick else args.queries
     n_naive = 2 if args.quick else min(4, n_queries)
 
-    model, tokenizer = llm.load_model(settings.model_name(), device=device)
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     if args.part2 and args.skip_sweep:
-        part2(model, tokenizer, args.part2_tasks, out)
+        dtypes = (args.part2_dtypes or settings.dtype()).split(",")
+        totals = {}
+        for dtype_name in dtypes:
+            model, tokenizer = llm.load_model(settings.model_name(), device=device, dtype=dtype_name)
+            totals[dtype_name] = part2(model, tokenizer, args.part2_tasks, out)
+            del model
+        if len(totals) > 1:
+            first = dtypes[0]
+            print("Part II, same run: " + ", ".join(
+                f"{d} {m:.1f} min ({totals[first] / m:.2f}x {first})" for d, m in totals.items()))
         return
+    model, tokenizer = llm.load_model(settings.model_name(), device=device, dtype=settings.dtype())
     parts = llm.model_parts(model)
     dtype = next(model.parameters()).dtype
     fmt = tv.FORMATS["example"]
@@ -189,8 +202,9 @@ def main() -> None:
         part2(model, tokenizer, args.part2_tasks, out)
 
 
-def part2(model, tokenizer, n_tasks: int, out: Path) -> None:
-    """Time the library work of Chapters 5-8 at full size (see the module docstring); print and save minutes."""
+def part2(model, tokenizer, n_tasks: int, out: Path) -> float:
+    """Time the library work of Chapters 5-8 at full size (see the module docstring); print, save and return the
+    total minutes (wall)."""
     import os
     import tempfile
 
@@ -221,7 +235,8 @@ def part2(model, tokenizer, n_tasks: int, out: Path) -> None:
         cpu[key] = cpu.get(key, 0.0) + (time.process_time() - cpu_start) * factor
         return result
 
-    print(f"\nPart II at full size, {torch.get_num_threads()} threads; per-task work on "
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    print(f"\nPart II at full size, {dtype_name}, {torch.get_num_threads()} threads; per-task work on "
           f"{'all 18 tasks' if scale == 1 else f'{len(picked)} of 18 tasks {picked}, scaled by {scale:.1f}'}")
     # an empty cache, so that the chapters' reuse (Chapter 6 of Chapter 5's runs) is what a fresh build gets
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,13 +279,14 @@ def part2(model, tokenizer, n_tasks: int, out: Path) -> None:
     # on a shared machine wall time includes waiting for the cores; CPU time / threads is what the work needs
     print(f"Part II total: {total / 60:.1f} min wall{label}, {sum(cpu.values()) / 60:.1f} CPU-min "
           f"(target: under 15 min on 2 cores); peak RSS {peak:.0f} MiB; load average {os.getloadavg()[0]:.1f}")
-    record = {"threads": torch.get_num_threads(), "tasks_measured": picked, "scale": scale,
+    record = {"dtype": dtype_name, "threads": torch.get_num_threads(), "tasks_measured": picked, "scale": scale,
               "minutes": {k: v / 60 for k, v in seconds.items()},
               "measured_minutes": {k: v / 60 for k, v in measured.items()},
               "cpu_minutes": {k: v / 60 for k, v in cpu.items()},
               "total_minutes": total / 60, "total_cpu_minutes": sum(cpu.values()) / 60, "peak_rss_mib": peak,
               "load_average": os.getloadavg()[0]}
-    (out / "bench_task_vectors_part2.json").write_text(json.dumps(record, indent=2))
+    (out / f"bench_task_vectors_part2_{dtype_name}.json").write_text(json.dumps(record, indent=2))
+    return total / 60
 
 
 if __name__ == "__main__":

@@ -379,7 +379,7 @@ class SequenceBatch:
 
     @property
     def arrow_mask(self) -> torch.Tensor:
-        """(n, N + 1) bool: which arrows hold a real prediction (the shown demonstrations' and the query's)."""
+        """Which arrows hold a real prediction (the shown demonstrations' and the query's), a bool tensor (n, N + 1)."""
         return torch.arange(self.demo_index.shape[1] + 1)[None, :] <= self.shown[:, None]
 
     @property

@@ -96,3 +96,13 @@ def test_check_pairs():
         _checks.check_pairs("pairs", [("a", "A"), ("b", 2)])
     with pytest.raises(TypeError, match=r"pairs\[0\] must be a pair of strings"):
         _checks.check_pairs("pairs", [("a", "A", "x")])
+
+
+def test_dtype_switch(monkeypatch):
+    monkeypatch.delenv("ICL_DTYPE", raising=False)
+    assert settings.dtype() == "float32"
+    monkeypatch.setenv("ICL_DTYPE", "bfloat16")
+    assert settings.dtype() == "bfloat16"
+    monkeypatch.setenv("ICL_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="ICL_DTYPE must be one of"):
+        settings.dtype()
