@@ -136,9 +136,9 @@ def main() -> None:
             totals[dtype_name] = part2(model, tokenizer, args.part2_tasks, out)
             del model
         if len(totals) > 1:
-            first = dtypes[0]
+            slowest = max(totals, key=totals.get)
             print("Part II, same run: " + ", ".join(
-                f"{d} {m:.1f} min ({totals[first] / m:.2f}x {first})" for d, m in totals.items()))
+                f"{d} {m:.1f} min ({totals[slowest] / m:.2f}x as fast as {slowest})" for d, m in totals.items()))
         return
     model, tokenizer = llm.load_model(settings.model_name(), device=device, dtype=settings.dtype())
     parts = llm.model_parts(model)
