@@ -499,25 +499,25 @@ def forward_last(
         return out if logits else (None, out[1])
 
 
-def _base_forward(base, input_ids, attention_mask, past_key_values, position_ids, use_cache):
-    """The decoder stack without the unembedding (same blocks, same cache); returns the cache or None."""
+def _hf_kwargs(input_ids, attention_mask, past_key_values, position_ids, use_cache) -> dict:
+    """Keyword arguments of a Hugging Face forward, positions taken from the mask when not given."""
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1]:]
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
     if past_key_values is not None:
         kwargs["past_key_values"] = past_key_values
-    out = base(**kwargs)
+    return kwargs
+
+
+def _base_forward(base, input_ids, attention_mask, past_key_values, position_ids, use_cache):
+    """The decoder stack without the unembedding (same blocks, same cache); returns the cache or None."""
+    out = base(**_hf_kwargs(input_ids, attention_mask, past_key_values, position_ids, use_cache))
     return out.past_key_values if use_cache else None
 
 
 def _forward_last(model, input_ids, attention_mask, past_key_values, position_ids, use_cache):
-    if position_ids is None:
-        position_ids = position_ids_from_mask(attention_mask)[:, -input_ids.shape[1]:]
     if is_hf_model(model):
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=use_cache)
-        if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
+        kwargs = _hf_kwargs(input_ids, attention_mask, past_key_values, position_ids, use_cache)
         if _accepts(model.forward, "logits_to_keep"):
             # The unembedding of the other positions is wasted work. An index tensor (not the int 1) makes the
             # slice of the last position contiguous: on CPU a strided (B, 1, d) input sends the head's matmul
@@ -537,7 +537,8 @@ def _forward_last(model, input_ids, attention_mask, past_key_values, position_id
             f"{type(model).__name__}.forward takes no attention_mask, so the batch must not be padded"
         )
     if _accepts(model.forward, "position_ids"):
-        kwargs["position_ids"] = position_ids
+        kwargs["position_ids"] = (position_ids if position_ids is not None
+                                  else position_ids_from_mask(attention_mask)[:, -input_ids.shape[1]:])
     out = model(input_ids, **kwargs)
     logits = out.logits if hasattr(out, "logits") else out
     return logits[:, -1, :], None
