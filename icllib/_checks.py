@@ -99,3 +99,17 @@ def check_pairs(name: str, pairs, allow_empty: bool = False) -> list[tuple[str, 
     if not out and not allow_empty:
         raise ValueError(f"{name} must hold at least one (x, y) pair, got none")
     return out
+
+
+def check_bool(name: str, value) -> bool:
+    """A Python bool (0, 1 and numpy bools are refused: a switch is spelled True or False)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_float_dtype(name: str, dtype) -> torch.dtype:
+    """``torch.float32`` or ``torch.float64``, the precisions of the Part I and Part III models."""
+    if dtype not in _FLOATS:
+        raise TypeError(f"{name} must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype

@@ -1,54 +1,297 @@
-"""On-disk cache of results, keyed by a hash of the configuration and the library version.
+"""On-disk cache of results, keyed by what was computed, from which arguments, by which source code.
 
-A chapter wraps each expensive computation in :func:`cached`; a rebuild of the book then reads the result back
-instead of recomputing it. The key covers every argument that changes the result, so a changed configuration
-never returns a stale value. ``ICL_NO_CACHE=1`` turns reading off (results are still written).
+A chapter wraps each expensive computation in :func:`cached_call` (or :func:`cached`); a rebuild of the book then
+reads the result back instead of recomputing it. The key of an entry is made of
+
+- the arguments: :func:`fingerprint` turns every argument (numbers, strings, arrays, tensors, dataclasses such as a
+  task or a prompt format, a model loaded by :func:`icllib.llm.load_model`, a tokenizer, a generator's state, a
+  function) into a stable JSON description, so equal calls share one entry and a changed argument never returns a
+  stale value;
+- the source: :func:`source_hash` hashes the ``icllib`` files that the computing function's module imports,
+  directly or through other ``icllib`` modules, so an edit of the library recomputes what depends on it.
+
+An entry that cannot be read back (truncated, corrupt, or pickled from classes that no longer exist) is recomputed
+with a warning, never trusted. ``ICL_NO_CACHE=1`` turns reading off (results are still written). The entries are
+pickles: they are written and read on one machine by its own user (the records of the full edition, which are
+shared, use safe formats instead).
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import enum
+import functools
 import hashlib
+import inspect
 import json
+import math
 import os
 import pickle
-from collections.abc import Callable
+import types
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from icllib import __version__
+import numpy as np
+import torch
+
 from icllib.settings import cache_dir
 
 T = TypeVar("T")
 
+__all__ = ["fingerprint", "source_hash", "config_key", "cache_path", "cached", "cached_call", "not_in_key"]
 
-def config_key(name: str, config: dict[str, Any]) -> str:
-    """A stable hex key for ``name`` and a JSON-serialisable ``config`` (plus the library version)."""
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+# Arguments that never change a result; functions name more with :func:`not_in_key`.
+_ALWAYS_IGNORED = ("progress",)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which source computed a result
+# ----------------------------------------------------------------------------------------------------------------
+def _module_files() -> dict[str, Path]:
+    """Every module of the package, ``{"icllib.task_vectors.forward": path, ...}``."""
+    files = {}
+    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        parts = path.relative_to(_PACKAGE_ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        files[name] = path
+    return files
+
+
+def _imported_modules(name: str, path: Path, known: Mapping[str, Path]) -> set[str]:
+    """The ``icllib`` modules that the file of module ``name`` imports (static: read from its syntax tree)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # a relative import: resolve it against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # `import icllib.a.b` also runs icllib.a and icllib
+                target = target.rpartition(".")[0]
+            while target:
+                found.add(target)
+                target = target.rpartition(".")[0]
+    return found & set(known)
+
+
+@functools.lru_cache(maxsize=None)
+def _closure_digest(roots: tuple[str, ...]) -> str:
+    known = _module_files()
+    todo, seen = [r for r in roots if r in known], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(_imported_modules(name, known[name], known) - seen)
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\0" + known[name].read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def source_hash(*modules: str | types.ModuleType | Callable) -> str:
+    """A hash of the source of the given ``icllib`` modules and of every ``icllib`` module they import.
+
+    Each argument is a module, a module name or a function (its module is used); with none, the whole package.
+    Imports are read statically from the files, so the hash changes exactly when a file that the code can reach
+    changes (a comment included: the cache errs on the side of recomputing).
+    """
+    names = []
+    for item in modules:
+        if isinstance(item, str):
+            names.append(item)
+        elif isinstance(item, types.ModuleType):
+            names.append(item.__name__)
+        elif callable(item) and getattr(item, "__module__", None):
+            names.append(item.__module__)
+        else:
+            raise TypeError(f"modules must be modules, module names or functions, got {item!r}")
+    if not names:
+        names = list(_module_files())
+    return _closure_digest(tuple(sorted(set(names))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What was computed from which arguments
+# ----------------------------------------------------------------------------------------------------------------
+def _digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def fingerprint(value: Any) -> Any:
+    """A JSON-serialisable description of ``value`` that is equal for equal values (the cache key's material).
+
+    Numbers, strings, ``None`` and containers describe themselves (floats exactly, by their ``repr``); arrays and
+    tensors by dtype, shape and a hash of their bytes; dataclasses (tasks, prompt formats, configurations) by class
+    and fields; a model by the name :func:`icllib.llm.load_model` recorded on it, its dtype and size (other models
+    by a hash of their weights); a tokenizer by its class and name; random generators by their state; functions by
+    module, name and source. Anything else raises ``TypeError`` naming its type.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return fingerprint(value.item())
+    if isinstance(value, enum.Enum):
+        return {"enum": f"{type(value).__qualname__}.{value.name}"}
+    if isinstance(value, (list, tuple, range)):
+        return [fingerprint(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {"set": sorted(json.dumps(fingerprint(v), sort_keys=True) for v in value)}
+    if isinstance(value, Mapping):
+        return {"mapping": sorted([json.dumps(fingerprint(k), sort_keys=True), fingerprint(v)]
+                                  for k, v in value.items())}
+    if isinstance(value, torch.Tensor):
+        data = value.detach().cpu().contiguous()
+        raw = data.view(torch.uint8) if data.dtype == torch.bfloat16 else data
+        return {"tensor": str(data.dtype), "shape": list(data.shape), "bytes": _digest_bytes(raw.numpy().tobytes())}
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return {"array": str(data.dtype), "shape": list(data.shape), "bytes": _digest_bytes(data.tobytes())}
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value)}
+    if isinstance(value, torch.device):
+        return {"device": value.type}
+    if isinstance(value, torch.Generator):
+        return {"torch.Generator": _digest_bytes(value.get_state().numpy().tobytes())}
+    if isinstance(value, np.random.Generator):
+        return {"numpy.Generator": fingerprint(value.bit_generator.state)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"class": type(value).__qualname__, "fields": fields}
+    if isinstance(value, torch.nn.Module):
+        return _module_fingerprint(value)
+    if callable(getattr(value, "encode", None)) and callable(getattr(value, "decode", None)):
+        return {"tokenizer": type(value).__qualname__, "name": str(getattr(value, "name_or_path", "")),
+                "vocab": int(getattr(value, "vocab_size", 0) or 0)}
+    if isinstance(value, types.MethodType):
+        return {"method": value.__func__.__qualname__, "of": fingerprint(value.__self__)}
+    if callable(value):
+        return _function_fingerprint(value)
+    raise TypeError(f"cannot fingerprint a value of type {type(value).__name__} for the cache key; pass plain data")
+
+
+def _module_fingerprint(model: torch.nn.Module) -> dict:
+    param = next(model.parameters(), None)
+    described = {"model": type(model).__qualname__, "dtype": str(param.dtype) if param is not None else None,
+                 "parameters": sum(p.numel() for p in model.parameters())}
+    name = getattr(model, "icl_model_id", None)
+    if name is not None:  # a model loaded by icllib.llm.load_model: its name identifies the weights
+        return {**described, "name": name}
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(key.encode() + (data.view(torch.uint8) if data.dtype == torch.bfloat16 else data).numpy()
+                      .tobytes())
+    return {**described, "weights": digest.hexdigest()[:20]}
+
+
+def _function_fingerprint(fn: Callable) -> dict:
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):  # a builtin, or a function typed at an interactive prompt
+        source = ""
+    # Only the code: what a function reads from its closure or globals is not part of the key (pass it in).
+    return {"function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}",
+            "source": _digest_bytes(source.encode())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading and writing entries
+# ----------------------------------------------------------------------------------------------------------------
+def config_key(name: str, config: dict[str, Any], source: str | None = None) -> str:
+    """A stable hex key for ``name``, a configuration dict and a source hash (default: the whole package)."""
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    try:
-        text = json.dumps({"name": name, "version": __version__, "config": config}, sort_keys=True, default=str)
-    except TypeError as err:  # pragma: no cover - json with default=str accepts everything
-        raise TypeError(f"config must be JSON-serialisable: {err}") from err
+    text = json.dumps({"name": name, "source": source or source_hash(), "config": fingerprint(config)},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def cache_path(name: str, config: dict[str, Any]) -> Path:
-    """Where the result for ``(name, config)`` lives."""
-    return cache_dir() / "results" / f"{name}-{config_key(name, config)}.pkl"
+def cache_path(name: str, config: dict[str, Any], source: str | None = None) -> Path:
+    """Where the result for ``(name, config, source)`` lives."""
+    return cache_dir() / "results" / f"{name}-{config_key(name, config, source)}.pkl"
 
 
-def cached(name: str, config: dict[str, Any], compute: Callable[[], T]) -> T:
-    """Return ``compute()``, reading it from disk when this ``(name, config)`` was computed before."""
-    path = cache_path(name, config)
-    if path.is_file() and os.environ.get("ICL_NO_CACHE", "0") != "1":
+def _read(path: Path) -> tuple[bool, Any]:
+    """``(True, value)`` for a readable entry; ``(False, None)`` (with a warning) for a corrupt one."""
+    try:
         with path.open("rb") as handle:
-            return pickle.load(handle)
-    result = compute()
+            return True, pickle.load(handle)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the entry cannot be trusted
+        warnings.warn(f"cache entry {path.name} could not be read ({type(err).__name__}: {err}); recomputing it",
+                      RuntimeWarning, stacklevel=3)
+        return False, None
+
+
+def _write(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with tmp.open("wb") as handle:
-        pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
     tmp.replace(path)  # atomic: a killed run never leaves a half-written entry
+
+
+def cached(name: str, config: dict[str, Any], compute: Callable[[], T], depends: tuple = ()) -> T:
+    """Return ``compute()``, reading it from disk when this ``(name, config)`` was computed by the same source.
+
+    ``config`` must hold every value that changes the result (anything :func:`fingerprint` accepts). ``depends``
+    names the ``icllib`` modules or functions the computation uses (:func:`source_hash`); by default every module
+    of the package, so any library edit recomputes the entry.
+    """
+    path = cache_path(name, config, source_hash(*depends))
+    if path.is_file() and os.environ.get("ICL_NO_CACHE", "0") != "1":
+        ok, value = _read(path)
+        if ok:
+            return value
+    result = compute()
+    _write(path, result)
     return result
+
+
+def not_in_key(*names: str) -> Callable[[Callable], Callable]:
+    """Decorator: arguments of the function that :func:`cached_call` leaves out of the key (they do not change the
+    result, e.g. ``batch_size`` of an inference pass or ``method`` of an exact re-implementation)."""
+    def mark(fn: Callable) -> Callable:
+        fn.cache_ignore = tuple(names)
+        return fn
+
+    return mark
+
+
+def cached_call(fn: Callable[..., T], /, *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, read from the cache when the same call was computed by the same source before.
+
+    The key is derived from the call itself: ``fn``'s module and name, every bound argument with defaults filled in
+    (:func:`fingerprint`; ``progress`` and the names given by :func:`not_in_key` are left out), and the source of
+    ``fn``'s module and everything it imports from ``icllib`` (:func:`source_hash`). A generator passed in is keyed
+    by its state and is not advanced when the result comes from the cache. A function defined outside ``icllib``
+    is keyed by its source and its arguments only: values it reads from globals must be passed as arguments.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    ignored = set(_ALWAYS_IGNORED) | set(getattr(fn, "cache_ignore", ()))
+    config = {k: v for k, v in bound.arguments.items() if k not in ignored}
+    module = getattr(fn, "__module__", "") or ""
+    depends = (module,) if module.split(".")[0] == "icllib" else ()
+    name = f"{module.rpartition('.')[2] or 'call'}.{fn.__qualname__}".replace("<", "").replace(">", "")
+    if not depends:  # a function defined outside the library (a chapter's): key it by its own source too
+        config["__function__"] = _function_fingerprint(fn)
+    return cached(name, config, lambda: fn(*args, **kwargs), depends=depends)

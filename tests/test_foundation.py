@@ -1,10 +1,10 @@
-"""The shared modules: switches, argument checks, the on-disk cache."""
+"""The shared modules: switches and argument checks (the cache has tests/test_cache.py)."""
 
 import numpy as np
 import pytest
 import torch
 
-from icllib import _checks, cache, settings
+from icllib import _checks, settings
 
 
 def test_switches_read_the_environment(monkeypatch):
@@ -21,36 +21,6 @@ def test_switches_read_the_environment(monkeypatch):
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path / "c"))
     assert settings.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
-
-
-def test_cached_computes_once_per_configuration(monkeypatch, tmp_path):
-    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"x": np.arange(3)}
-
-    first = cache.cached("demo", {"a": 1}, compute)
-    again = cache.cached("demo", {"a": 1}, compute)
-    other = cache.cached("demo", {"a": 2}, compute)
-    assert len(calls) == 2
-    np.testing.assert_array_equal(first["x"], again["x"])
-    np.testing.assert_array_equal(first["x"], other["x"])
-    monkeypatch.setenv("ICL_NO_CACHE", "1")
-    cache.cached("demo", {"a": 1}, compute)
-    assert len(calls) == 3
-
-
-def test_config_key_is_stable_and_order_free():
-    assert cache.config_key("n", {"a": 1, "b": 2}) == cache.config_key("n", {"b": 2, "a": 1})
-    assert cache.config_key("n", {"a": 1}) != cache.config_key("n", {"a": 1.5})
-
-
-@pytest.mark.parametrize("name,config,error", [("", {}, ValueError), ("a/b", {}, ValueError), ("n", [1], TypeError)])
-def test_cache_bad_input(name, config, error):
-    with pytest.raises(error):
-        cache.config_key(name, config)
 
 
 def test_as_float_tensor_keeps_precision_and_refuses_the_rest():
@@ -106,3 +76,12 @@ def test_dtype_switch(monkeypatch):
     monkeypatch.setenv("ICL_DTYPE", "fp8")
     with pytest.raises(ValueError, match="ICL_DTYPE must be one of"):
         settings.dtype()
+
+
+def test_check_bool_and_float_dtype():
+    assert _checks.check_bool("flag", True) is True
+    with pytest.raises(TypeError, match="flag must be a bool, got 1"):
+        _checks.check_bool("flag", 1)
+    assert _checks.check_float_dtype("dtype", torch.float64) is torch.float64
+    with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64, got torch.float16"):
+        _checks.check_float_dtype("dtype", torch.float16)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from icllib import llm
+from icllib import llm, testing
 
 ARCHS = ["llama", "gpt_neox", "gptj", "gpt2"]
 
@@ -114,7 +114,7 @@ def test_load_model_missing_cuda():
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny(request):
-    return llm.tiny_random_model(request.param, n_layers=3, seed=1)
+    return testing.tiny_random_model(request.param, n_layers=3, seed=1)
 
 
 def test_parts_reproduce_logits(tiny):
@@ -135,7 +135,7 @@ def test_parts_reproduce_logits(tiny):
 
 
 def test_left_padding_does_not_change_the_last_logits(tiny):
-    tokenizer = llm.CharTokenizer()
+    tokenizer = testing.CharTokenizer()
     texts = ["a->b", "hello->world,x", "q"]
     batch = llm.tokenize_left_padded(tokenizer, texts)
     together, _ = llm.forward_last(tiny, **batch)
@@ -145,7 +145,7 @@ def test_left_padding_does_not_change_the_last_logits(tiny):
 
 
 def test_kv_cache_continuation_matches_full_forward(tiny):
-    tokenizer = llm.CharTokenizer()
+    tokenizer = testing.CharTokenizer()
     batch = llm.tokenize_left_padded(tokenizer, ["ab->c", "hello->"])
     full, _ = llm.forward_last(tiny, **batch)
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -178,7 +178,7 @@ def test_non_hf_model_plugs_in():
     toy = _Toy()
     parts = llm.model_parts(toy)
     assert parts.n_layers == 2 and parts.hidden_size == 8
-    tokenizer = llm.CharTokenizer()
+    tokenizer = testing.CharTokenizer()
     logits, cache = llm.forward_last(toy, **llm.tokenize_left_padded(tokenizer, ["abc", "xyz"]))
     assert logits.shape == (2, 128) and cache is None
     with pytest.raises(ValueError, match="padded"):
@@ -200,14 +200,14 @@ def test_model_parts_bad_inputs():
     with pytest.raises(TypeError, match="ModelParts"):
         llm.model_parts(Wrong())
     with pytest.raises(ValueError, match="arch"):
-        llm.tiny_random_model("mamba")
+        testing.tiny_random_model("mamba")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------------------------
 def test_tokenize_left_padded_layout():
-    tokenizer = llm.CharTokenizer()
+    tokenizer = testing.CharTokenizer()
     batch = llm.tokenize_left_padded(tokenizer, ["ab", "abcd"], add_bos=True)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert ids.shape == mask.shape == (2, 5)
@@ -229,14 +229,14 @@ def test_tokenize_left_padded_layout():
 )
 def test_tokenize_left_padded_bad_inputs(texts, kwargs, error):
     with pytest.raises(error):
-        llm.tokenize_left_padded(llm.CharTokenizer(), texts, **kwargs)
+        llm.tokenize_left_padded(testing.CharTokenizer(), texts, **kwargs)
 
 
 def test_tokenize_needs_pad_and_bos():
-    class NoPad(llm.CharTokenizer):
+    class NoPad(testing.CharTokenizer):
         pad_token_id = None
 
-    class NoBos(llm.CharTokenizer):
+    class NoBos(testing.CharTokenizer):
         bos_token_id = None
 
     with pytest.raises(ValueError, match="pad"):
@@ -248,8 +248,8 @@ def test_tokenize_needs_pad_and_bos():
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gptj", "gpt2"])
 def test_forward_last_equals_the_full_logits_at_the_last_position(arch):
     """forward_last keeps only the last position's logits (an index, so the slice is contiguous): same values."""
-    model = llm.tiny_random_model(arch, n_layers=2, seed=1)
-    batch = llm.tokenize_left_padded(llm.CharTokenizer(), ["ab->c", "hello->", "q"])
+    model = testing.tiny_random_model(arch, n_layers=2, seed=1)
+    batch = llm.tokenize_left_padded(testing.CharTokenizer(), ["ab->c", "hello->", "q"])
     full = model(**batch, position_ids=llm.position_ids_from_mask(batch["attention_mask"])).logits[:, -1, :]
     last, _ = llm.forward_last(model, **batch)
     assert last.shape == full.shape and last.is_contiguous()
@@ -259,8 +259,8 @@ def test_forward_last_equals_the_full_logits_at_the_last_position(arch):
 @pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gptj", "gpt2"])
 def test_forward_last_without_logits_gives_the_same_cache_and_block_outputs(arch):
     """logits=False skips the unembedding only: the cache continues exactly as the one of a full pass."""
-    model = llm.tiny_random_model(arch, n_layers=2, seed=2)
-    batch = llm.tokenize_left_padded(llm.CharTokenizer(), ["ab->c", "hello->"])
+    model = testing.tiny_random_model(arch, n_layers=2, seed=2)
+    batch = llm.tokenize_left_padded(testing.CharTokenizer(), ["ab->c", "hello->"])
     ids, mask = batch["input_ids"], batch["attention_mask"]
     full, _ = llm.forward_last(model, ids, mask)
     none, cache = llm.forward_last(model, ids[:, :-1], mask[:, :-1], use_cache=True, logits=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from icllib import llm
+from icllib import llm, testing
 from icllib import task_vectors as tv
 
 ARCHS = ["llama", "gpt_neox", "gptj", "gpt2"]
@@ -19,12 +19,12 @@ PROMPTS = ["example:a->b\nexample:k->", "example:q->", "zz->y\nh->"]
 
 @pytest.fixture(scope="module", params=ARCHS)
 def tiny(request):
-    return llm.tiny_random_model(request.param, n_layers=3, seed=2)
+    return testing.tiny_random_model(request.param, n_layers=3, seed=2)
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return llm.CharTokenizer()
+    return testing.CharTokenizer()
 
 
 def _logits(model, tokenizer, prompts):
@@ -120,7 +120,7 @@ def test_grouped_states_match_prompt_by_prompt(tiny, tok):
 
 
 def test_task_vector_is_the_mean_over_dummies(tok):
-    model = llm.tiny_random_model("llama", n_layers=2, seed=3)
+    model = testing.tiny_random_model("llama", n_layers=2, seed=3)
     demos = [LETTERS[:3], LETTERS[5:8]]
     dummies = [["x", "y"], ["p", "q"]]
     theta = tv.extract_task_vectors(model, tok, demos, dummies)
@@ -167,7 +167,7 @@ def test_default_model_task_vector_works_on_to_upper(default_pair):
 # evaluate / conflicting tasks on tiny models
 # ----------------------------------------------------------------------------------------------------------------
 def test_evaluate_on_a_tiny_model(tok):
-    model = llm.tiny_random_model("gpt2", n_layers=2, seed=4)
+    model = testing.tiny_random_model("gpt2", n_layers=2, seed=4)
     result = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=4, n_test=5, n_baseline=7, seed=1, progress=False)
     assert result.dev_curve.shape == (2,) and 0 <= result.best_layer < 2
     for value in (result.baseline, result.icl, result.tv):
@@ -219,7 +219,7 @@ def test_non_hf_model_runs_the_whole_method(tok):
 
 
 def test_conflicting_tasks_on_a_tiny_model(tok):
-    model = llm.tiny_random_model("llama", n_layers=2, seed=5)
+    model = testing.tiny_random_model("llama", n_layers=2, seed=5)
     upper = [(c, c.upper()) for c in string.ascii_lowercase]
     result = tv.conflicting_tasks(model, tok, LETTERS, upper, layer=1, n_sets=4, n_demos=3)
     assert result.n_sets == 4 and len(result.predictions_after) == 4
@@ -236,7 +236,7 @@ def test_conflicting_tasks_on_a_tiny_model(tok):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small():
-    return llm.tiny_random_model("llama", n_layers=2, seed=6)
+    return testing.tiny_random_model("llama", n_layers=2, seed=6)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +304,7 @@ def test_patching_bad_inputs(small, tok):
 
 def test_evaluate_task_uses_the_tasks_rules_and_the_cache(tok, monkeypatch, tmp_path):
     monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
-    model = llm.tiny_random_model("llama", n_layers=2, seed=7)
+    model = testing.tiny_random_model("llama", n_layers=2, seed=7)
     kwargs = dict(model_id="tiny-llama", n_dev=2, n_test=2, n_baseline=2, progress=False)
     first = tv.evaluate_task(model, tok, "to_upper", **kwargs)
     assert first.fmt.output_space is False  # one character = one token only without a leading space
@@ -338,7 +338,7 @@ def test_block_skipping_kv_sweep_equals_full_forwards_for_any_grouping(tiny, tok
 
 
 def test_kv_sweep_with_a_one_token_prompt_falls_back_to_batched(tok):
-    model = llm.tiny_random_model("llama", n_layers=3, seed=8)
+    model = testing.tiny_random_model("llama", n_layers=3, seed=8)
     prompts = ["q", "ab->", "hello->"]
     theta = torch.randn(3, 3, 32, generator=torch.Generator().manual_seed(2))
     kv = tv.patched_predictions(model, tok, prompts, theta, method="kv", max_rows=4, return_logits=True)
@@ -374,7 +374,7 @@ def test_task_vectors_for_equals_the_loop_by_hand(tok, monkeypatch, tmp_path):
     from icllib import lang_tasks
 
     monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
-    model = llm.tiny_random_model("llama", n_layers=3, seed=9)
+    model = testing.tiny_random_model("llama", n_layers=3, seed=9)
     names = ["to_upper", "next_letter"]
     got = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, n_dummies=2, model_id="tiny")
     assert got.shape == (2, 3, 3, 32) and got.dtype == torch.float32

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from icllib import llm
+from icllib import llm, testing
 from icllib import task_vectors as tv
 from icllib import tv_experiments as tx
 
@@ -17,12 +17,12 @@ LETTERS = [(c, c.upper()) for c in string.ascii_lowercase]  # to_upper, 26 pairs
 
 @pytest.fixture(scope="module")
 def tiny():
-    return llm.tiny_random_model("llama", n_layers=3, seed=2)
+    return testing.tiny_random_model("llama", n_layers=3, seed=2)
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return llm.CharTokenizer()
+    return testing.CharTokenizer()
 
 
 # ----------------------------------------------------------------------------------------------------------------
