@@ -28,6 +28,7 @@ import json
 import math
 import os
 import pickle
+import time
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -41,7 +42,8 @@ from icllib.settings import cache_dir
 
 T = TypeVar("T")
 
-__all__ = ["fingerprint", "source_hash", "config_key", "cache_path", "cached", "cached_call", "not_in_key"]
+__all__ = ["fingerprint", "source_hash", "config_key", "cache_path", "cached", "cached_call", "timed_call",
+           "not_in_key"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 # Arguments that never change a result; functions name more with :func:`not_in_key`.
@@ -247,6 +249,20 @@ def _write(path: Path, value: Any) -> None:
     tmp.replace(path)  # atomic: a killed run never leaves a half-written entry
 
 
+def _entry(name: str, config: dict[str, Any], compute: Callable[[], T], depends: tuple) -> tuple[T, float]:
+    """``(value, seconds the computation took when it ran)``, read from disk when present and readable."""
+    path = cache_path(name, config, source_hash(*depends))
+    if path.is_file() and os.environ.get("ICL_NO_CACHE", "0") != "1":
+        ok, entry = _read(path)
+        if ok and isinstance(entry, dict) and entry.keys() == {"value", "wall_s"}:
+            return entry["value"], entry["wall_s"]
+    start = time.perf_counter()
+    value = compute()
+    wall_s = time.perf_counter() - start
+    _write(path, {"value": value, "wall_s": wall_s})
+    return value, wall_s
+
+
 def cached(name: str, config: dict[str, Any], compute: Callable[[], T], depends: tuple = ()) -> T:
     """Return ``compute()``, reading it from disk when this ``(name, config)`` was computed by the same source.
 
@@ -254,14 +270,7 @@ def cached(name: str, config: dict[str, Any], compute: Callable[[], T], depends:
     names the ``icllib`` modules or functions the computation uses (:func:`source_hash`); by default every module
     of the package, so any library edit recomputes the entry.
     """
-    path = cache_path(name, config, source_hash(*depends))
-    if path.is_file() and os.environ.get("ICL_NO_CACHE", "0") != "1":
-        ok, value = _read(path)
-        if ok:
-            return value
-    result = compute()
-    _write(path, result)
-    return result
+    return _entry(name, config, compute, depends)[0]
 
 
 def not_in_key(*names: str) -> Callable[[Callable], Callable]:
@@ -283,6 +292,11 @@ def cached_call(fn: Callable[..., T], /, *args, **kwargs) -> T:
     by its state and is not advanced when the result comes from the cache. A function defined outside ``icllib``
     is keyed by its source and its arguments only: values it reads from globals must be passed as arguments.
     """
+    return timed_call(fn, *args, **kwargs)[0]
+
+
+def timed_call(fn: Callable[..., T], /, *args, **kwargs) -> tuple[T, float]:
+    """:func:`cached_call`, returning ``(value, seconds)``: how long the computation took when it actually ran."""
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     bound = inspect.signature(fn).bind(*args, **kwargs)
@@ -294,4 +308,4 @@ def cached_call(fn: Callable[..., T], /, *args, **kwargs) -> T:
     name = f"{module.rpartition('.')[2] or 'call'}.{fn.__qualname__}".replace("<", "").replace(">", "")
     if not depends:  # a function defined outside the library (a chapter's): key it by its own source too
         config["__function__"] = _function_fingerprint(fn)
-    return cached(name, config, lambda: fn(*args, **kwargs), depends=depends)
+    return _entry(name, config, lambda: fn(*args, **kwargs), depends)
