@@ -3,7 +3,9 @@
 :func:`glue` puts a value computed by a cell into the text (myst-nb's ``{glue:text}`` role). myst-nb comes with the
 book's tools, not with ``icllib`` (Colab installs only the library), so without it the value is printed instead.
 :func:`note` shows a Markdown note in the page (or prints it outside a notebook); :func:`show_pending` is the note for a
-record of the full edition that has not been made yet.
+record of the full edition that has not been made yet. :func:`sanity_check` asserts an identity, one that holds by
+construction unless the code has a bug, and says so on the page: the book keeps such checks apart from the claims
+of the papers, which are tested by computations that could have come out otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from icllib.records import Pending
 
-__all__ = ["glue", "note", "show_pending"]
+__all__ = ["glue", "note", "show_pending", "sanity_check"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -61,3 +63,16 @@ def show_pending(*values: Any) -> bool:
         note(f"**Pending.** The record `{value.name}` has not been made yet ({value.reason}). "
              f"To make it: `{value.command}`. What depends on it is not shown and not checked in this edition.")
     return bool(found)
+
+
+def sanity_check(condition: bool, what: str) -> None:
+    """Assert ``condition``, an identity that holds by construction, and print that it is one.
+
+    A failure means a bug in the code, not evidence about a paper's claim; the printed line keeps the reader from
+    taking the check for a finding.
+    """
+    if not isinstance(what, str) or not what:
+        raise ValueError(f"what must be a non-empty description, got {what!r}")
+    if not bool(condition):
+        raise AssertionError(f"sanity check failed (an identity; this is a bug): {what}")
+    print(f"sanity check (holds by construction): {what}: ok")

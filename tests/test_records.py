@@ -163,3 +163,12 @@ def test_glue_prints_without_myst_nb(monkeypatch, capsys):
     assert "ch00_x = 0.5" in capsys.readouterr().out
     with pytest.raises(ValueError, match="name must be letters"):
         book.glue("bad name", 1)
+
+
+def test_sanity_check_says_what_it_is(capsys):
+    book.sanity_check(1 + 1 == 2, "one plus one")
+    assert "sanity check (holds by construction): one plus one: ok" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="an identity; this is a bug"):
+        book.sanity_check(False, "broken")
+    with pytest.raises(ValueError, match="what must be a non-empty description"):
+        book.sanity_check(True, "")
