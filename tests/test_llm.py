@@ -7,10 +7,19 @@ import torch
 from torch import nn
 
 from icllib import llm, testing
+from icllib.llm import loading
 
 ARCHS = ["llama", "gpt_neox", "gptj", "gpt2"]
 
 
+def test_public_names_are_importable_from_the_package():
+    """The package re-exports every public name of its three modules (chapters import them as llm.X)."""
+    from icllib.llm import batching, parts
+
+    for module in (loading, parts, batching):
+        for name in module.__all__:
+            assert getattr(llm, name) is getattr(module, name), name
+    assert set(llm.__all__) == {*loading.__all__, *parts.__all__, *batching.__all__}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -27,7 +36,7 @@ def default_pair(gguf_pair):
     """The default model through load_model; fills the weight cache from the GGUF load when it is empty."""
     folder = llm.default_cache_folder()
     if not (folder / "complete").is_file():
-        llm._write_cache(folder, *gguf_pair)  # the same step load_model takes, without a second de-quantisation
+        loading._write_cache(folder, *gguf_pair)  # the same step load_model takes, without a second de-quantisation
     return llm.load_model()
 
 
@@ -75,14 +84,15 @@ def test_default_model_follows_a_pattern(default_pair):
 
 def test_hub_id_without_network_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(llm, "_network_reachable", lambda host, timeout=3.0: False)
+    # _load_hub looks the probe up in icllib.llm.loading, so that is where it is replaced.
+    monkeypatch.setattr(loading, "_network_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(ConnectionError, match="name=None"):
         llm.load_model("EleutherAI/pythia-2.8b")
 
 
 def test_network_probe_gives_up():
     # An address from TEST-NET-1 (RFC 5737) never answers; the probe must return False, not hang.
-    assert llm._network_reachable("192.0.2.1", timeout=0.5) is False
+    assert loading._network_reachable("192.0.2.1", timeout=0.5) is False
 
 
 @pytest.mark.parametrize(
@@ -270,3 +280,32 @@ def test_forward_last_without_logits_gives_the_same_cache_and_block_outputs(arch
     assert llm.forward_last(model, ids, mask, logits=False) == (None, None)
     with pytest.raises(TypeError, match="logits"):
         llm.forward_last(model, ids, mask, logits=1)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda ids, mask: ("ids", mask), TypeError, "input_ids"),
+        (lambda ids, mask: (ids, mask.tolist()), TypeError, "attention_mask"),
+        (lambda ids, mask: (ids[0], mask), ValueError, "input_ids"),
+        (lambda ids, mask: (ids.float(), mask), TypeError, "input_ids"),
+        (lambda ids, mask: (ids, mask.float()), TypeError, "attention_mask"),
+        (lambda ids, mask: (ids, mask[:1]), ValueError, "attention_mask"),
+        (lambda ids, mask: (ids, mask[:, 1:]), ValueError, "attention_mask"),
+    ],
+)
+def test_forward_last_bad_inputs(change, error, match):
+    model = testing.tiny_random_model("gpt2", n_layers=1, seed=0)
+    batch = llm.tokenize_left_padded(testing.CharTokenizer(), ["ab->c", "hello->"])
+    ids, mask = change(batch["input_ids"], batch["attention_mask"])
+    with pytest.raises(error, match=match):
+        llm.forward_last(model, ids, mask)
+
+
+def test_forward_last_bad_switches_and_model():
+    model = testing.tiny_random_model("gpt2", n_layers=1, seed=0)
+    batch = llm.tokenize_left_padded(testing.CharTokenizer(), ["ab->c"])
+    with pytest.raises(TypeError, match="use_cache"):
+        llm.forward_last(model, **batch, use_cache=1)
+    with pytest.raises(TypeError, match="model"):
+        llm.forward_last("gpt2", **batch)
