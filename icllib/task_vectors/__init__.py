@@ -14,15 +14,15 @@ then computes the answer as a function of the query and that vector alone. The t
 The functions take any causal LM that :mod:`icllib.llm` can take apart (Hugging Face or a model with
 ``model_parts()``), any tokenizer-like object, and any list of ``(x, y)`` string pairs. The package, read in order:
 
-- :mod:`~icllib.task_vectors.formats`: prompt formats (``[S, x]`` as text);
-- :mod:`~icllib.task_vectors.hooks`: the one hook primitive (:func:`trace`) and its edit functions;
-- :mod:`~icllib.task_vectors.forward`: batched unpatched forwards (states, task vectors, predictions);
-- :mod:`~icllib.task_vectors.sweeps`: patched predictions and the three implementations of the layer sweep;
-- :mod:`~icllib.task_vectors.protocol`: the evaluation protocol, cached runs on the book's tasks, conflicting
-  tasks and the vocabulary projection.
+- ``formats``: prompt formats (``[S, x]`` as text);
+- ``hooks``: the one hook primitive (:func:`trace`) and its edit functions;
+- ``forward``: batched unpatched forwards (states, task vectors, predictions);
+- ``sweeps``: patched predictions and the three implementations of the layer sweep;
+- ``protocol``: the evaluation protocol, cached runs on the book's tasks, conflicting tasks and the vocabulary
+  projection.
 
 Scorers have one signature, ``scorer(prediction, x, y) -> bool`` (:mod:`icllib.lang_tasks`); a ``Task`` is
-accepted wherever a scorer is. The papers' tables live in :mod:`icllib.papers` and are re-exported here.
+accepted wherever a scorer is. The papers' tables live in ``icllib.papers`` and are re-exported here.
 """
 
 from icllib.lang_tasks import exact_match

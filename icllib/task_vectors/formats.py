@@ -1,6 +1,6 @@
 """Prompt formats: how demonstrations ``S`` and a query ``x`` become the text ``[S, x]`` (or the bare ``[x]``).
 
-:func:`check_format` is the one check of a ``fmt`` argument (a :class:`PromptFormat` or a name in :data:`FORMATS`);
+:func:`check_format` is the one check of a ``fmt`` argument (a :class:`PromptFormat` or a name in ``FORMATS``);
 public functions call it once and pass the :class:`PromptFormat` on.
 """
 
@@ -69,7 +69,7 @@ DEFAULT_FORMAT = "example"
 
 
 def check_format(fmt: PromptFormat | str) -> PromptFormat:
-    """The :class:`PromptFormat` that ``fmt`` names (a format, or a key of :data:`FORMATS`); anything else raises
+    """The :class:`PromptFormat` that ``fmt`` names (a format, or a key of ``FORMATS``); anything else raises
     ``ValueError``/``TypeError`` naming ``fmt``."""
     if isinstance(fmt, str):
         if fmt not in FORMATS:

@@ -18,9 +18,8 @@ with the number ``k`` of demonstrations. This package asks the same questions of
   ``h_l[-1] := theta_l(S)`` against the residual-stream analogue of Todd et al.'s function vector,
   ``h_l[-1] += beta * Delta_l`` with ``Delta_l = mean_S theta_l(S) - mean_x h_l([x])[-1]``.
 
-:mod:`~icllib.tv_experiments.estimators` holds the pure tensor functions; :mod:`~icllib.tv_experiments.runs` the
-experiments that run the model, through the public functions of :mod:`icllib.task_vectors` and
-:mod:`icllib.lang_tasks`.
+``estimators`` holds the pure tensor functions; ``runs`` the experiments that run the model, through the public
+functions of :mod:`icllib.task_vectors` and :mod:`icllib.lang_tasks`.
 """
 
 from icllib.tv_experiments.estimators import (AnswerShares, InverseKFit, Switch, answer_shares, fit_inverse_k,
