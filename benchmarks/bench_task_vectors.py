@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from icllib import llm, settings
+from icllib import lang_tasks, llm, settings
 from icllib import task_vectors as tv
 
 WORDS = ["apple", "river", "green", "house", "music", "table", "light", "stone", "cloud", "dream", "tiger", "paper",
@@ -205,11 +207,6 @@ def main() -> None:
 def part2(model, tokenizer, n_tasks: int, out: Path) -> float:
     """Time the library work of Chapters 5-8 at full size (see the module docstring); print, save and return the
     total minutes (wall)."""
-    import os
-    import tempfile
-
-    from icllib import lang_tasks
-
     names = list(lang_tasks.TASK_NAMES)
     if not 1 <= n_tasks <= len(names):
         raise SystemExit(f"--part2-tasks must be between 1 and {len(names)}, got {n_tasks}")
@@ -257,8 +254,7 @@ def part2(model, tokenizer, n_tasks: int, out: Path) -> float:
                 ta, tb = (lang_tasks.filter_single_token(lang_tasks.TASKS[n], tokenizer) for n in (a, b))
                 timed("ch08 conflicts 5x100", lambda: tv.conflicting_tasks(
                     model, tokenizer, list(ta.pairs), list(tb.pairs), results_b[b].best_layer, n_sets=100, n_demos=4,
-                    seed=41, fmt=tv.format_for_task(ta), scorer_a=lambda x, y, p: ta.score(p, x),
-                    scorer_b=lambda x, y, p: tb.score(p, x)))
+                    seed=41, fmt=tv.format_for_task(ta), scorer_a=ta, scorer_b=tb))
             layer = min(int(np.median([r.best_layer for r in results_b.values()])) + 2,
                         llm.n_layers(model) - 1)
             timed("ch08 mean vectors 18x50", lambda: tv.task_vectors_for(model, tokenizer, picked, n_sets=50,

@@ -10,6 +10,9 @@ prediction for ``x`` is right. The paper's four categories and their rules:
 - *translation* (``en_fr``, ``en_es``, ``fr_en``, ``es_en``): **synonym** match against the dictionary's
   translations of ``x``.
 
+Every scoring rule has one signature, ``scorer(prediction, x, y) -> bool`` (:data:`Scorer`): :func:`exact_match` is
+the default, and a :class:`Task` is accepted wherever a scorer is (:func:`as_scorer`), judging by its own rule.
+
 The pairs live in ``data/<task>.json`` (built by ``data/build/*.py``; provenance in ``data/README.md``), found in
 ``$ICL_DATA_DIR`` or in the ``data`` folder of the repository checkout. :data:`TASKS` maps each name to its
 :class:`Task` (loaded on first use); :data:`CATEGORIES` maps each category to its task names.
@@ -25,16 +28,23 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from icllib._checks import check_float, check_int
+from icllib.llm import encode  # without special tokens (LLaMA's tokenizer adds BOS by default)
+from icllib.settings import repository_root
 
 __all__ = [
+    "Scorer",
+    "exact_match",
+    "as_scorer",
+    "accuracy",
     "CATEGORIES",
     "TASK_NAMES",
     "SCORING",
@@ -143,8 +153,11 @@ class Task:
         y = self.answer(x)
         return self.synonyms[x] if self.scoring == "synonym" else (y,)
 
-    def score(self, prediction: str, x: str) -> bool:
-        """Whether ``prediction`` (one greedy token, decoded) is right for input ``x``.
+    def score(self, prediction: str, x: str, y: str | None = None) -> bool:
+        """Whether ``prediction`` (one greedy token, decoded) is right for input ``x``: a :data:`Scorer`.
+
+        ``y`` is there so that a task can be passed wherever a scorer ``(prediction, x, y)`` is taken; the task
+        judges by its own answer of ``x`` (a ``y`` that is given must be that answer).
 
         The prediction is stripped of surrounding white space (the token usually carries a leading space), then
 
@@ -158,7 +171,10 @@ class Task:
         """
         if not isinstance(prediction, str):
             raise TypeError(f"prediction must be a string, got {type(prediction).__name__}")
-        y = self.answer(x)
+        answer = self.answer(x)
+        if y is not None and y != answer:
+            raise ValueError(f"y={y!r} is not the answer of x={x!r} in task {self.name!r} ({answer!r})")
+        y = answer
         guess = prediction.strip()
         if self.scoring == "exact":
             return guess == y
@@ -219,6 +235,44 @@ def _as_pairs(name: str, pairs) -> tuple[tuple[str, str], ...]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Scorers: one signature everywhere
+# ----------------------------------------------------------------------------------------------------------------
+#: A scoring rule ``scorer(prediction, x, y) -> bool``: is the decoded ``prediction`` right for the query ``x`` whose
+#: answer is ``y``? (Prediction first, as dtsip's metrics ``(ys_pred, ys)``.) A :class:`Task` is accepted wherever a
+#: scorer is: its :meth:`Task.score` has this signature.
+Scorer = Callable[[str, str, str], bool]
+
+
+def exact_match(prediction: str, x: str, y: str) -> bool:
+    """The default scorer: the stripped prediction equals the stripped answer ``y`` (``x`` is not used)."""
+    return prediction.strip() == y.strip()
+
+
+def as_scorer(scorer: Scorer | Task | None, name: str = "scorer") -> Scorer:
+    """The scorer to call: ``None`` -> :func:`exact_match`, a :class:`Task` -> its :meth:`Task.score`, a callable
+    ``(prediction, x, y) -> bool`` as it is. ``name`` is the argument's name in the error for anything else."""
+    if scorer is None:
+        return exact_match
+    if isinstance(scorer, Task):
+        return scorer.score
+    if not callable(scorer):
+        raise TypeError(f"{name} must be a Task or a callable (prediction, x, y) -> bool, got {type(scorer).__name__}")
+    return scorer
+
+
+def accuracy(predictions: Sequence[str], pairs: Sequence[tuple[str, str]], scorer: Scorer | Task | None = None
+             ) -> float:
+    """The fraction of ``predictions[i]`` that ``scorer`` accepts for ``pairs[i] = (x, y)`` (default exact match)."""
+    if isinstance(predictions, str) or isinstance(pairs, str):
+        raise TypeError("predictions and pairs must be sequences, not a single string")
+    if len(predictions) != len(pairs) or not pairs:
+        raise ValueError(f"predictions ({len(predictions)}) and pairs ({len(pairs)}) must be non-empty and of the "
+                         "same length")
+    scorer = as_scorer(scorer)
+    return float(np.mean([bool(scorer(p, x, y)) for (x, y), p in zip(pairs, predictions)]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------
 def data_dir() -> Path:
@@ -227,8 +281,6 @@ def data_dir() -> Path:
     if explicit:
         path = Path(explicit).expanduser()
     else:
-        from icllib.settings import repository_root
-
         root = repository_root()
         if root is None:
             raise FileNotFoundError(
@@ -325,8 +377,6 @@ def filter_single_token(
         raise TypeError(f"include_prefix_tasks must be a bool, got {include_prefix_tasks!r}")
     if task.scoring == "prefix" and not include_prefix_tasks:
         return task
-    from icllib.llm import encode  # without special tokens (LLaMA's tokenizer adds BOS by default)
-
     with_space = [x for x, y in task.pairs if len(encode(tokenizer, " " + y)) == 1]
     bare = [x for x, y in task.pairs if len(encode(tokenizer, y)) == 1]
     if with_space and len(with_space) >= min_fraction * len(bare):
@@ -348,14 +398,9 @@ def _as_rng(generator) -> np.random.Generator:
         return generator
     if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
         return np.random.default_rng(check_int("generator", generator, minimum=0))
-    try:
-        import torch
-
-        if isinstance(generator, torch.Generator):
-            # one draw from the torch generator seeds numpy: reproducible, and the torch stream advances
-            return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    except ImportError:  # pragma: no cover - torch is a dependency of icllib
-        pass
+    if isinstance(generator, torch.Generator):
+        # one draw from the torch generator seeds numpy: reproducible, and the torch stream advances
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
     raise TypeError(
         f"generator must be a numpy.random.Generator, a non-negative int seed or a torch.Generator, "
         f"got {type(generator).__name__}"

@@ -111,12 +111,33 @@ def test_accuracy_and_subset():
     assert set(small.synonyms) == {"time", "new"} and small.score("temps", "time")
 
 
+def test_one_scorer_signature_and_tasks_as_scorers():
+    upper = TASKS["to_upper"]
+    assert lang_tasks.exact_match(" A\n", "a", "A") and not lang_tasks.exact_match("a", "a", "A")
+    assert lang_tasks.as_scorer(None) is lang_tasks.exact_match
+    assert lang_tasks.as_scorer(upper)(" A", "a", "A") and upper.score(" A", "a", "A") == upper.score(" A", "a")
+    mine = lambda p, x, y: True  # noqa: E731
+    assert lang_tasks.as_scorer(mine) is mine
+    with pytest.raises(TypeError, match="scorer_a must be a Task or a callable"):
+        lang_tasks.as_scorer("exact", "scorer_a")
+    capitals = TASKS["country_capital"]  # the task's own rule (prefix) where exact match would refuse
+    pair = ("Finland", "Helsinki")
+    assert lang_tasks.accuracy([" Hel", " Oslo"], [pair, pair], capitals) == 0.5
+    assert lang_tasks.accuracy([" Hel", " Helsinki"], [pair, pair]) == 0.5
+    with pytest.raises(ValueError, match="same length"):
+        lang_tasks.accuracy([" Hel"], [pair, pair])
+    with pytest.raises(TypeError, match="not a single string"):
+        lang_tasks.accuracy("Hel", [pair])
+
+
 def test_scoring_bad_inputs():
     upper = TASKS["to_upper"]
     with pytest.raises(ValueError, match="not an input of task 'to_upper'"):
         upper.score("A", "A")
     with pytest.raises(TypeError, match="prediction must be a string"):
         upper.score(65, "a")
+    with pytest.raises(ValueError, match="not the answer"):
+        upper.score("A", "a", "B")
     with pytest.raises(ValueError, match="differ in length"):
         upper.accuracy(["A"], ["a", "b"])
     with pytest.raises(ValueError, match="must not be empty"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import string
 
 import numpy as np
@@ -9,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from icllib import llm, testing
+from icllib import lang_tasks, llm, papers, testing
 from icllib import task_vectors as tv
+from icllib.task_vectors import hooks, sweeps
 
 ARCHS = ["llama", "gpt_neox", "gptj", "gpt2"]
 LETTERS = [(c, chr(ord(c) + 1)) for c in string.ascii_lowercase[:-1]]  # next_letter, 25 pairs
@@ -60,6 +62,46 @@ def test_format_prompt():
 def test_format_bad_inputs(call, error):
     with pytest.raises(error):
         call()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The hook primitive
+# ----------------------------------------------------------------------------------------------------------------
+def test_trace_reads_edits_and_replaces_any_submodule_and_cleans_up():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    plain = net(x)
+    seen = {}
+    with tv.trace({"in": net[0], "out": net[2]}, edit_output=lambda key, out: seen.__setitem__(key, out)):
+        torch.testing.assert_close(net(x), plain)  # an edit that returns None changes nothing
+    assert set(seen) == {"in", "out"} and torch.equal(seen["out"], plain)
+    with tv.trace({0: net[2]}, edit_input=lambda key, args, kwargs: ((torch.zeros_like(args[0]),), kwargs)):
+        torch.testing.assert_close(net(x), net[2].bias.expand(4, 2))  # the input of a submodule, replaced
+    with tv.trace({0: net[2]}, edit_output=lambda key, out: 2 * out):
+        torch.testing.assert_close(net(x), 2 * plain)
+    with tv.trace({1: net[1]}, forward=lambda key, h: -h):  # the computation itself replaced (no ReLU)
+        torch.testing.assert_close(net(x), net[2](-net[0](x)))
+    with pytest.raises(RuntimeError), tv.trace({0: net[0]}, edit_output=lambda key, out: 0 * out,
+                                               forward=lambda key, h: h):
+        raise RuntimeError("inside")
+    assert not net[0]._forward_hooks and not net[2]._forward_pre_hooks and "forward" not in net[1].__dict__
+    torch.testing.assert_close(net(x), plain)
+
+
+def test_capture_and_patch_are_edit_functions_of_trace(tiny, tok):
+    batch = llm.tokenize_left_padded(tok, PROMPTS)
+    with tv.capture_last_position(tiny, layers=[1]) as store:
+        llm.forward_last(tiny, **batch)
+    assert set(store) == {1} and store[1].shape == (3, llm.hidden_size(tiny))
+    blocks = llm.decoder_blocks(tiny)
+    mine: dict = {}
+    with tv.trace(hooks.blocks_at(blocks, [1]), edit_output=hooks.read_last(mine)):
+        llm.forward_last(tiny, **batch)
+    assert torch.equal(mine[1], store[1])
+    structure: dict = {}
+    with tv.trace(hooks.blocks_at(blocks, range(len(blocks))), edit_output=hooks.record_structure(structure)):
+        llm.forward_last(tiny, **batch)
+    assert set(structure) == set(range(len(blocks))) and all(v >= 0 for v in structure.values())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,7 +220,7 @@ def test_evaluate_on_a_tiny_model(tok):
     again = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=4, n_test=5, n_baseline=7, seed=1, progress=False)
     assert again.test_queries == result.test_queries and np.array_equal(again.dev_curve, result.dev_curve)
     always = tv.evaluate(model, tok, LETTERS, n_demos=3, n_dev=2, n_test=2, n_baseline=2, seed=1,
-                         scorer=lambda x, y, p: True, layers=[1], progress=False)
+                         scorer=lambda p, x, y: True, layers=[1], progress=False)
     assert always.icl == always.tv == always.baseline == 1.0 and always.best_layer == 1
     assert np.isnan(always.dev_curve[0])
 
@@ -229,6 +271,18 @@ def test_conflicting_tasks_on_a_tiny_model(tok):
         tv.conflicting_tasks(model, tok, LETTERS, [("A", "a")], layer=1)
     with pytest.raises(ValueError):
         tv.conflicting_tasks(model, tok, LETTERS, upper, layer=2)
+    with pytest.raises(TypeError, match="scorer_b"):
+        tv.conflicting_tasks(model, tok, LETTERS, upper, layer=1, scorer_b="exact")
+    # a Task is a scorer: always right with its own rule when the prediction is its answer
+    task = lang_tasks.Task("upper", "algorithmic", tuple(upper), "exact")
+    same = tv.conflicting_tasks(model, tok, LETTERS, upper, layer=1, n_sets=4, n_demos=3, scorer_b=task)
+    assert same == result
+
+
+def test_papers_tables_are_re_exported():
+    assert tv.PAPER_AVERAGES is papers.PAPER_AVERAGES and tv.PAPER_LAYER_PEAKS is papers.PAPER_LAYER_PEAKS
+    assert tv.PAPER_CATEGORIES is papers.PAPER_CATEGORIES and set(papers.SOURCES) <= set(papers.__all__)
+    assert tv.exact_match(" A", "a", "A") and not tv.exact_match("a", "a", "A")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,16 +359,27 @@ def test_patching_bad_inputs(small, tok):
 def test_evaluate_task_uses_the_tasks_rules_and_the_cache(tok, monkeypatch, tmp_path):
     monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
     model = testing.tiny_random_model("llama", n_layers=2, seed=7)
-    kwargs = dict(model_id="tiny-llama", n_dev=2, n_test=2, n_baseline=2, progress=False)
+    kwargs = dict(n_dev=2, n_test=2, n_baseline=2, progress=False)
     first = tv.evaluate_task(model, tok, "to_upper", **kwargs)
     assert first.fmt.output_space is False  # one character = one token only without a leading space
-    assert list(tmp_path.glob("results/task_vectors-*.pkl"))
+    assert list(tmp_path.glob("results/protocol.evaluate-*.pkl"))
     again = tv.evaluate_task(model, tok, "to_upper", n_demos=5, seed=41, **kwargs)  # defaults spelled out
     assert again.test_queries == first.test_queries and len(list(tmp_path.glob("results/*.pkl"))) == 1
+    # method and batch_size do not change the result, so they share the entry
+    tv.evaluate_task(model, tok, "to_upper", method="batched", batch_size=3, **kwargs)
+    assert len(list(tmp_path.glob("results/*.pkl"))) == 1
+    # the task is the scorer: the same as evaluate with the filtered task's pairs and its score
+    task = lang_tasks.filter_single_token(lang_tasks.TASKS["to_upper"], tok)
+    direct = tv.evaluate(model, tok, task.pairs, scorer=task, fmt=tv.format_for_task(task), **kwargs)
+    assert (direct.baseline, direct.icl, direct.tv) == (first.baseline, first.icl, first.tv)
+    uncached = tv.evaluate_task(model, tok, task, cache=False, **kwargs)
+    assert uncached.predictions == first.predictions
     with pytest.raises(TypeError, match="task"):
         tv.evaluate_task(model, tok, 3)
-    with pytest.raises(TypeError, match="model_id"):
-        tv.evaluate_task(model, tok, "to_upper", model_id=5)
+    with pytest.raises(TypeError, match="cache"):
+        tv.evaluate_task(model, tok, "to_upper", cache="yes")
+    with pytest.raises(TypeError, match="model_id"):  # the model carries its name now
+        tv.evaluate_task(model, tok, "to_upper", model_id="tiny", **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,9 +393,9 @@ def test_block_skipping_kv_sweep_equals_full_forwards_for_any_grouping(tiny, tok
     layers = [2, 0, 1]  # unsorted on purpose: groups are formed in block order
     naive = tv.patched_predictions(tiny, tok, PROMPTS, theta, layers, method="naive", return_logits=True)
     batch = llm.tokenize_left_padded(tok, PROMPTS)
-    got = tv._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.float(), min_rows=min_rows)
+    got = sweeps._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.float(), min_rows=min_rows)
     torch.testing.assert_close(got, naive, atol=1e-5, rtol=1e-5)
-    ids = tv._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.argmax(-1), min_rows=min_rows,
+    ids = sweeps._sweep_kv(tiny, batch, theta, layers, "replace", lambda logits: logits.argmax(-1), min_rows=min_rows,
                        max_rows=3)
     assert torch.equal(ids, naive.argmax(-1))
     # the skipped blocks are put back
@@ -353,7 +418,7 @@ def test_layer_patches_rows_and_bad_inputs():
     assert set(patches) == {5, 1, 3}
     rows, vectors = patches[1]
     assert rows.tolist() == [1, 4] and torch.equal(vectors, theta[:, 1])
-    assert tv._layer_patches is tv.layer_patches and "layer_patches" in tv.__all__
+    assert "layer_patches" in tv.__all__
     with pytest.raises(ValueError, match="theta"):
         tv.layer_patches(3, theta, [5, 1, 3])
     with pytest.raises(ValueError, match="theta"):
@@ -369,24 +434,20 @@ def test_layer_patches_rows_and_bad_inputs():
 
 
 def test_task_vectors_for_equals_the_loop_by_hand(tok, monkeypatch, tmp_path):
-    from dataclasses import replace
-
-    from icllib import lang_tasks
-
     monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path))
     model = testing.tiny_random_model("llama", n_layers=3, seed=9)
     names = ["to_upper", "next_letter"]
-    got = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, n_dummies=2, model_id="tiny")
+    got = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, n_dummies=2)
     assert got.shape == (2, 3, 3, 32) and got.dtype == torch.float32
     rng = np.random.default_rng(5)  # what Chapters 7 and 8 did by hand
     for i, name in enumerate(names):
         task = lang_tasks.filter_single_token(lang_tasks.TASKS[name], tok)
         sets = lang_tasks.sample_demonstrations(task, 3, 2, rng)
         dummies = [[x for x, _ in lang_tasks.sample_dummy_queries(task, [*d, q], 2, rng)] for d, q in sets]
-        fmt = replace(tv.FORMATS["example"], output_space=task.leading_space is not False)
+        fmt = dataclasses.replace(tv.FORMATS["example"], output_space=task.leading_space is not False)
         assert torch.equal(got[i], tv.extract_task_vectors(model, tok, [d for d, _ in sets], dummies, fmt))
-    assert len(list(tmp_path.glob("results/task_vectors_for-*.pkl"))) == 1
-    one = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, layers=1, model_id="tiny")
+    assert len(list(tmp_path.glob("results/protocol._task_vectors-*.pkl"))) == 1
+    one = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, layers=1)
     assert torch.equal(one, got[:, :, 1])
     again = tv.task_vectors_for(model, tok, names, n_sets=3, n_demos=2, seed=5, layers=[2, 0], cache=False)
     assert torch.equal(again, got[:, :, [2, 0]])
@@ -404,7 +465,6 @@ def test_task_vectors_for_equals_the_loop_by_hand(tok, monkeypatch, tmp_path):
         ({"n_dummies": 0}, ValueError, "n_dummies"),
         ({"layers": [2]}, ValueError, "layers"),
         ({"seed": -3}, ValueError, "seed"),
-        ({"model_id": 5}, TypeError, "model_id"),
         ({"fmt": "nope"}, ValueError, "fmt"),
         ({"cache": "yes"}, TypeError, "cache"),
     ],

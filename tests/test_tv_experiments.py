@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from icllib import llm, testing
+from icllib import lang_tasks, llm, testing
 from icllib import task_vectors as tv
 from icllib import tv_experiments as tx
 
@@ -94,9 +94,13 @@ def test_interpolate_and_mean_difference():
 
 
 def test_answer_shares_and_switch_point():
-    shares = tx.answer_shares(["A", "b", "?", "C"], ["a", "a", "b", "c"],
-                              lambda x, p: p == x.upper(), lambda x, p: p == chr(ord(x) + 1))
+    inputs = ["a", "a", "b", "c"]
+    upper, following = [(x, x.upper()) for x in inputs], [(x, chr(ord(x) + 1)) for x in inputs]
+    shares = tx.answer_shares(["A", "b", "?", "C"], upper, following)  # exact match by default
     assert (shares.a, shares.b, shares.neither) == (0.5, 0.25, 0.25)
+    by_rule = tx.answer_shares(["A", "b", "?", "C"], upper, following, lambda p, x, y: p == x.upper(),
+                               lambda p, x, y: p == chr(ord(x) + 1))
+    assert by_rule == shares
     alphas = np.linspace(0, 1, 11)
     step_b = (alphas > 0.45).astype(float)
     sharp = tx.switch_point(alphas, 1 - step_b, step_b)
@@ -147,6 +151,28 @@ def test_demo_count_sweep_on_a_tiny_model(tiny, tok):
     assert all(0.0 <= sweep.icl[k] <= 1.0 and 0.0 <= sweep.tv[k] <= 1.0 for k in (1, 3))
     again = tx.demo_count_sweep(tiny, tok, demos, queries, [1, 3], layer=1, n_sets=4, n_queries=2, seed=5)
     np.testing.assert_allclose(again.theta[3], sweep.theta[3])  # seeded
+    # a Task is a scorer; an exact-rule task scores like exact match
+    task = lang_tasks.Task("letters", "algorithmic", tuple(LETTERS), "exact")
+    scored = tx.demo_count_sweep(tiny, tok, demos, queries, [1, 3], layer=1, n_sets=4, n_queries=2, seed=5,
+                                 scorer=task)
+    assert (scored.icl, scored.tv) == (again.icl, again.tv)
+    always = tx.demo_count_sweep(tiny, tok, demos, queries, [1], layer=1, n_sets=2, seed=5,
+                                 scorer=lambda p, x, y: True)
+    assert always.icl[1] == always.tv[1] == 1.0
+
+
+def test_interpolation_shares_is_answer_shares_of_the_patch_grid(tiny, tok):
+    generator = torch.Generator().manual_seed(3)
+    theta_a, theta_b = torch.randn(2, llm.hidden_size(tiny), generator=generator)
+    pairs_a = [(c, c.upper()) for c in "abc"]
+    pairs_b = [(c, chr(ord(c) + 1)) for c in "abc"]
+    alphas = [0.0, 0.5, 1.0]
+    shares = tx.interpolation_shares(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, layer=1)
+    grid = tx.patch_grid(tiny, tok, tx.interpolate(theta_a, theta_b, alphas), ["a", "b", "c"], 1)
+    assert shares == [tx.answer_shares(row, pairs_a, pairs_b) for row in grid]
+    task_b = lang_tasks.Task("next", "algorithmic", tuple(pairs_b), "exact")
+    assert tx.interpolation_shares(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, 1, scorer_b=task_b) \
+        == shares
 
 
 def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
@@ -156,6 +182,9 @@ def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
     theta = tv.extract_task_vectors(tiny, tok, sets, dummies)  # (4, L, d)
     acc = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2, 4], rows=8, seed=0)
     assert set(acc) == {1, 2, 4} and all(0.0 <= a <= 1.0 for a in acc.values())
+    always = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2], rows=8, seed=0,
+                                  scorer=lambda p, x, y: True)
+    assert always == {1: 1.0, 2: 1.0}
     bare = tv.last_position_states(tiny, tok, [tv.format_prompt([], x, "example") for x, _ in demos[:5]])
     result = tx.replace_vs_add(tiny, tok, theta, bare, queries[:4], scales=(0.0, 1.0))
     n_layers = llm.n_layers(tiny)
@@ -196,10 +225,13 @@ def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
         (lambda: tx.interpolate(torch.zeros(3), torch.zeros(3), 0.5), TypeError),
         (lambda: tx.interpolate(torch.zeros(3), torch.zeros(3), []), ValueError),
         (lambda: tx.mean_difference(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)), ValueError),
-        (lambda: tx.answer_shares(["A"], ["a", "b"], lambda x, p: True, lambda x, p: False), ValueError),
-        (lambda: tx.answer_shares(["A"], ["a"], lambda x, p: True, lambda x, p: True), ValueError),
-        (lambda: tx.answer_shares("A", "a", lambda x, p: True, lambda x, p: False), TypeError),
-        (lambda: tx.answer_shares(["A"], ["a"], None, lambda x, p: False), TypeError),
+        (lambda: tx.answer_shares(["A"], [("a", "A"), ("b", "B")], [("a", "b"), ("b", "c")]), ValueError),
+        (lambda: tx.answer_shares(["A"], [("a", "A")], [("a", "b")], lambda p, x, y: True, lambda p, x, y: True),
+         ValueError),
+        (lambda: tx.answer_shares("A", [("a", "A")], [("a", "b")]), TypeError),
+        (lambda: tx.answer_shares(["A"], [("a", "A")], [("b", "c")]), ValueError),
+        (lambda: tx.answer_shares(["A"], [("a", "A")], [("a", "b")], 3), TypeError),
+        (lambda: tx.answer_shares(["A"], "aA", [("a", "b")]), TypeError),
         (lambda: tx.switch_point([0.0, 1.0], [1.0], [0.0, 1.0]), ValueError),
         (lambda: tx.switch_point([1.0, 0.0], [1.0, 0.0], [0.0, 1.0]), ValueError),
         (lambda: tx.split_pairs(LETTERS, 1.0, 0), ValueError),
@@ -229,6 +261,15 @@ def test_bad_inputs(call, error):
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 3, 4), ValueError),
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 1), ValueError),
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 4, scorer=3), TypeError),
+        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(2, 32), torch.zeros(2, 32), [0.5], [("a", "A")],
+                                              [("a", "b")], 1), ValueError),
+        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
+                                              [("b", "b")], 1), ValueError),
+        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
+                                              [("a", "b")], 1, scorer_a=1), TypeError),
+        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], scorer="x"), TypeError),
+        (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:2],
+                                        scorer=2), TypeError),
         (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [8]), ValueError),
         (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], rows=0), ValueError),
         (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:3]),
