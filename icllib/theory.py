@@ -68,7 +68,7 @@ def _prompt_features(model, Z) -> torch.Tensor:
     return Z[:, :N]
 
 
-def _dictionary(model, Z_all, tau) -> tuple[torch.Tensor, float]:
+def _model_dictionary(model, Z_all, tau) -> tuple[torch.Tensor, float]:
     """``(Z_all, tau)`` checked against the model: Z_all (m, K) in float64, tau >= 0."""
     Z_all = as_float_tensor("Z_all", Z_all, ndim=2, dtype=torch.float64)
     if Z_all.shape[1] != model.n_tokens:
@@ -78,7 +78,7 @@ def _dictionary(model, Z_all, tau) -> tuple[torch.Tensor, float]:
 
 def _terms(model, Z_all, tau) -> kernels.LossTerms:
     """Lemma 5's constants for the model's dictionary (arguments checked here, once)."""
-    Z_all, tau = _dictionary(model, Z_all, tau)
+    Z_all, tau = _model_dictionary(model, Z_all, tau)
     return kernels._loss_terms(Z_all, model.n_labeled, tau)
 
 
@@ -322,7 +322,7 @@ def best_w_given_Q(model, Z_all, tau: float) -> BestW:
     With H >= N and B_k of full rank the minimum is 0; with H < N it is not, whatever w. The model is not changed.
     """
     _check_one_layer(model)
-    Z_all, tau = _dictionary(model, Z_all, tau)
+    Z_all, tau = _model_dictionary(model, Z_all, tau)
     terms = kernels._loss_terms(Z_all, model.n_labeled, tau)
     Zbar = kernels._zbar(Z_all[:, : model.n_labeled], tau)
     heads = _head_matrices(model, Zbar, 1e-10)

@@ -138,7 +138,7 @@ class LoopConfig:
 
 Step = Callable[[object], float]  # one update on a batch (None without draw); returns the training loss
 Recorder = Callable[[int], dict[str, float]]  # the evaluation at a step: {metric name: value}
-StopRule = Callable[[TrainingHistory], "str | None"]  # a reason to stop after an evaluation, or None
+StopRule = Callable[[TrainingHistory], str | None]  # a reason to stop after an evaluation, or None
 
 
 def train_loop(
