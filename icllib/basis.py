@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib._checks import as_float_tensor, check_bool, check_float, check_float_dtype, check_generator, check_int
 
 __all__ = [
     "gaussian_dictionary",
@@ -39,15 +39,6 @@ __all__ = [
     "assumption3_report",
     "Assumption3Report",
 ]
-
-_DTYPES = (torch.float32, torch.float64)
-
-
-def _check_dtype(dtype) -> torch.dtype:
-    if dtype not in _DTYPES:
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    return dtype
-
 
 def _check_tokens(tokens, dim: int | None = None, name: str = "tokens") -> torch.Tensor:
     tokens = as_float_tensor(name, tokens, ndim=2)
@@ -76,9 +67,8 @@ def gaussian_dictionary(
     n_tokens = check_int("n_tokens", n_tokens, minimum=1)
     dim = check_int("dim", dim, minimum=1)
     check_generator("generator", generator)
-    if not isinstance(unit_norm, bool):
-        raise TypeError(f"unit_norm must be a bool, got {unit_norm!r}")
-    dtype = _check_dtype(dtype)
+    check_bool("unit_norm", unit_norm)
+    check_float_dtype("dtype", dtype)
     tokens = torch.randn(n_tokens, dim, generator=generator, dtype=torch.float64)
     if unit_norm:
         tokens = tokens / tokens.norm(dim=1, keepdim=True)
@@ -95,7 +85,7 @@ def circle_tokens(
     over the circle.
     """
     n_tokens = check_int("n_tokens", n_tokens, minimum=1)
-    dtype = _check_dtype(dtype)
+    check_float_dtype("dtype", dtype)
     if generator is None:
         phi = 2 * math.pi * torch.arange(n_tokens, dtype=torch.float64) / n_tokens
     else:
@@ -140,7 +130,9 @@ class GaussianLookupFeatures:
 
     def indices(self, tokens) -> torch.Tensor:
         """Dictionary index of each row of ``tokens`` (ValueError for a token not in the dictionary)."""
-        tokens = _check_tokens(tokens, dim=self.tokens.shape[1])
+        return self._indices(_check_tokens(tokens, dim=self.tokens.shape[1]))
+
+    def _indices(self, tokens: torch.Tensor) -> torch.Tensor:
         dist = torch.cdist(tokens.double(), self.tokens.double(), p=float("inf"))
         best, index = dist.min(dim=1)
         missing = torch.nonzero(best > self.atol).flatten()
@@ -154,7 +146,7 @@ class GaussianLookupFeatures:
     def __call__(self, tokens) -> torch.Tensor:
         """``Z_all = (g(v_1), ..., g(v_K))``, shape ``(m, K)``, in the dtype of ``tokens``."""
         tokens = _check_tokens(tokens, dim=self.tokens.shape[1])
-        return self.table[:, self.indices(tokens)].to(tokens.dtype)
+        return self.table[:, self._indices(tokens)].to(tokens.dtype)
 
     def __repr__(self) -> str:
         return f"GaussianLookupFeatures(K={self.tokens.shape[0]}, d={self.tokens.shape[1]}, m={self.m})"
@@ -173,9 +165,7 @@ class FourierFeatures:
 
     def __init__(self, m: int, include_constant: bool = True) -> None:
         self.m = check_int("m", m, minimum=1)
-        if not isinstance(include_constant, bool):
-            raise TypeError(f"include_constant must be a bool, got {include_constant!r}")
-        self.include_constant = include_constant
+        self.include_constant = check_bool("include_constant", include_constant)
 
     def harmonics(self) -> list[tuple[str, int]]:
         """``(kind, j)`` of each feature in order: kind is 'const', 'cos' or 'sin'."""

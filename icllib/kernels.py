@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib.prompts import _check_distribution, _sample_prompts
 
 __all__ = [
     "ridge_coefficients",
@@ -39,6 +40,7 @@ __all__ = [
     "zbar",
     "LossTerms",
     "loss_terms",
+    "exact_gap",
     "population_loss",
     "optimal_loss",
     "population_loss_grad",
@@ -97,9 +99,14 @@ def ridge_coefficients(Z, y, reg: float) -> torch.Tensor:
     ``reg = 0`` gives the limit ``reg -> 0+``: the minimum-norm least-squares solution ``pinv(Z^T) y``.
     """
     Z = as_float_tensor("Z", Z, ndim=2)
-    m, N = Z.shape
-    y = _labels(y, N)
+    y = _labels(y, Z.shape[1])
     reg = check_float("reg", reg, minimum=0.0)
+    return _ridge_coefficients(Z, y, reg)
+
+
+def _ridge_coefficients(Z: torch.Tensor, y: torch.Tensor, reg: float) -> torch.Tensor:
+    """:func:`ridge_coefficients` on checked arguments (float32 only when Z and y both are)."""
+    m, N = Z.shape
     out = _out_dtype(Z, y)
     Z64, y64 = Z.double(), y.double()
     if reg == 0.0:
@@ -117,7 +124,12 @@ def _predictions(Z_all, y, n_labeled, tau, reg_factor: str) -> torch.Tensor:
     Z_all, N, tau = _dictionary(Z_all, n_labeled, tau)
     y = _labels(y, N)
     reg = (Z_all.shape[0] if reg_factor == "m" else N) * tau
-    lam = ridge_coefficients(Z_all[:, :N].double(), y.double(), reg)
+    return _ridge_predict(Z_all, y, N, reg)
+
+
+def _ridge_predict(Z_all: torch.Tensor, y: torch.Tensor, N: int, reg: float) -> torch.Tensor:
+    """``(y, lambda_hat^T Z_Q)`` with ridge regularisation ``reg``, on checked arguments."""
+    lam = _ridge_coefficients(Z_all[:, :N].double(), y.double(), reg)
     yhat = torch.cat([y.double(), lam @ Z_all[:, N:].double()], dim=-1)
     return yhat.to(_out_dtype(Z_all, y))
 
@@ -138,7 +150,7 @@ def bayes_coefficients(Z, y, tau: float) -> torch.Tensor:
     """
     Z = as_float_tensor("Z", Z, ndim=2)
     tau = check_float("tau", tau, minimum=0.0)
-    return ridge_coefficients(Z, y, Z.shape[1] * tau)
+    return _ridge_coefficients(Z, _labels(y, Z.shape[1]), Z.shape[1] * tau)
 
 
 def bayes_predictions(Z_all, y, n_labeled: int, tau: float) -> torch.Tensor:
@@ -214,6 +226,11 @@ def zbar(Z, tau: float) -> torch.Tensor:
     """
     Z = as_float_tensor("Z", Z, ndim=2)
     tau = check_float("tau", tau, minimum=0.0)
+    return _zbar(Z, tau)
+
+
+def _zbar(Z: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`zbar` on checked arguments."""
     m, N = Z.shape
     Z64 = Z.double()
     evals, evecs = torch.linalg.eigh(Z64.T @ Z64 + m * tau * torch.eye(N, dtype=torch.float64))
@@ -255,6 +272,11 @@ class LossTerms:
 def loss_terms(Z_all, n_labeled: int, tau: float) -> LossTerms:
     """Precompute ``M``, ``A`` and ``L*`` of Lemma 5 (float64) for repeated loss evaluations."""
     Z_all, N, tau = _dictionary(Z_all, n_labeled, tau)
+    return _loss_terms(Z_all, N, tau)
+
+
+def _loss_terms(Z_all: torch.Tensor, N: int, tau: float) -> LossTerms:
+    """:func:`loss_terms` on checked arguments."""
     m, K = Z_all.shape
     Z64 = Z_all.double()
     Z, Z_Q = Z64[:, :N], Z64[:, N:]
@@ -265,6 +287,16 @@ def loss_terms(Z_all, n_labeled: int, tau: float) -> LossTerms:
     A_Q = A[:, N:]
     optimal = (((Z @ A_Q - Z_Q) ** 2).sum() + m * tau * (A_Q**2).sum() + m * tau * (K - N)) / (2 * K)
     return LossTerms(gram=gram, target=A, optimal=optimal, n_tokens=K, dtype=Z_all.dtype)
+
+
+def exact_gap(A_tilde: torch.Tensor, terms: LossTerms) -> torch.Tensor:
+    """L(theta) - L* = (1/2K) tr((A_tilde - A)^T M (A_tilde - A)), M = Zbar^2 = Z^T Z + m tau I (Lemma 5).
+
+    Computed directly rather than as L - L*, which would lose the gap in rounding once it falls below ~1e-16 L*.
+    Differentiable in ``A_tilde`` (N, K); float64. No checks: the training loops call it at every step.
+    """
+    diff = A_tilde.double() - terms.target
+    return (diff * (terms.gram @ diff)).sum() / (2 * terms.n_tokens)
 
 
 def population_loss(A_tilde, Z_all, n_labeled: int, tau: float) -> torch.Tensor:
@@ -286,8 +318,8 @@ def optimal_loss(Z_all, n_labeled: int, tau: float) -> torch.Tensor:
     Equivalently ``(1/2K) sum_{k>N} (||z_k||^2 + m tau - z_k^T Z M^{-1} Z^T z_k)``: the unseen tokens' targets keep
     their own feature noise, hence the ``m tau`` per unseen token.
     """
-    Z_all, _, _ = _dictionary(Z_all, n_labeled, tau)
-    return loss_terms(Z_all, n_labeled, tau).optimal.to(_out_dtype(Z_all))
+    Z_all, N, tau = _dictionary(Z_all, n_labeled, tau)
+    return _loss_terms(Z_all, N, tau).optimal.to(_out_dtype(Z_all))
 
 
 def population_loss_grad(A_tilde, Z_all, n_labeled: int, tau: float) -> torch.Tensor:
@@ -311,8 +343,6 @@ def monte_carlo_loss(
     Prompts come from :func:`icllib.prompts.sample_prompts` (in chunks of ``chunk_size``, float64). Returns a float,
     or ``(mean, standard_error)`` with ``return_stderr=True`` (standard error over prompts), to check Lemma 5.
     """
-    from icllib.prompts import sample_prompts  # local import: prompts does not depend on kernels
-
     Z_all, N, tau = _dictionary(Z_all, n_labeled, tau)
     K = Z_all.shape[1]
     A_tilde = _coefficient_matrix(A_tilde, N, K)
@@ -321,12 +351,13 @@ def monte_carlo_loss(
     n_prompts = check_int("n_prompts", n_prompts, minimum=2)
     check_generator("generator", generator)
     chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    _check_distribution(distribution, Z_all.shape[0])
     A64, Z64 = A_tilde.detach().double(), Z_all.double()
     per_prompt = []
     done = 0
     while done < n_prompts:
         n = min(chunk_size, n_prompts - done)
-        batch = sample_prompts(Z64, N, tau, n, generator, distribution=distribution)
+        batch = _sample_prompts(Z64, N, tau, n, generator, distribution)
         per_prompt.append(((batch.y @ A64 - batch.y_all) ** 2).sum(dim=1) / (2 * K))
         done += n
     values = torch.cat(per_prompt)

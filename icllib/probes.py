@@ -55,6 +55,11 @@ def r2_score(Y, Y_pred, Y_mean=None) -> float:
         mean = as_float_tensor("Y_mean", Y_mean, ndim=(0, 1)).double().reshape(-1)
         if mean.numel() != Y.shape[1]:
             raise ValueError(f"Y_mean must have {Y.shape[1]} entries (one per output), got {mean.numel()}")
+    return _r2(Y, Y_pred, mean)
+
+
+def _r2(Y: torch.Tensor, Y_pred: torch.Tensor, mean: torch.Tensor) -> float:
+    """(P1) for float64 ``Y``, ``Y_pred`` (n, q) and ``mean`` (q,)."""
     total = float(((Y - mean) ** 2).sum())
     if total <= 0:
         raise ValueError("Y has no spread around its mean: R^2 is undefined")
@@ -75,17 +80,23 @@ class LinearProbe:
 
     def predict(self, X) -> torch.Tensor:
         """Predictions (n, q) for inputs ``X`` (n, p)."""
-        X = as_float_tensor("X", X, ndim=2).double()
+        return self._predict(self._features(as_float_tensor("X", X, ndim=2).double()))
+
+    def _features(self, X: torch.Tensor) -> torch.Tensor:
         if X.shape[1] != self.weight.shape[0]:
             raise ValueError(f"X must have {self.weight.shape[0]} columns (features), got {tuple(X.shape)}")
+        return X
+
+    def _predict(self, X: torch.Tensor) -> torch.Tensor:
         return (X - self.x_mean) @ self.weight + self.y_mean
 
     def r2(self, X, Y) -> float:
         """Held-out R^2 (P1) of the probe on ``(X, Y)``, relative to the training mean."""
         X, Y = _pair(X, Y)
+        X = self._features(X)
         if Y.shape[1] != self.weight.shape[1]:
             raise ValueError(f"Y must have {self.weight.shape[1]} columns (outputs), got {tuple(Y.shape)}")
-        return r2_score(Y, self.predict(X), self.y_mean)
+        return _r2(Y, self._predict(X), self.y_mean)
 
 
 def fit_linear_probe(X, Y, reg: float = 1e-6) -> LinearProbe:
@@ -97,6 +108,11 @@ def fit_linear_probe(X, Y, reg: float = 1e-6) -> LinearProbe:
     reg = check_float("reg", reg, minimum=0.0)
     if X.shape[0] < 2:
         raise ValueError(f"X must hold at least 2 examples (rows) to fit a probe, got {X.shape[0]}")
+    return _fit(X, Y, reg)
+
+
+def _fit(X: torch.Tensor, Y: torch.Tensor, reg: float) -> LinearProbe:
+    """:func:`fit_linear_probe` on float64 ``X`` (n, p) and ``Y`` (n, q), n >= 2."""
     x_mean, y_mean = X.mean(0), Y.mean(0)
     Xc, Yc = X - x_mean, Y - y_mean
     gram = Xc.T @ Xc
@@ -147,10 +163,12 @@ def probe_layers(
         check_generator("generator", generator)
         order = torch.randperm(n, generator=generator)
     train, test = order[:n_train], order[n_train:]
+    states = states.double()
+    targets = targets.double() if targets.ndim == 2 else targets.double()[:, None]
     r2_test, r2_train = np.empty(n_layers), np.empty(n_layers)
     for layer in range(n_layers):
         X = states[:, layer, :]
-        probe = fit_linear_probe(X[train], targets[train], reg)
-        r2_train[layer] = probe.r2(X[train], targets[train])
-        r2_test[layer] = probe.r2(X[test], targets[test])
+        probe = _fit(X[train], targets[train], reg)
+        r2_train[layer] = _r2(targets[train], probe._predict(X[train]), probe.y_mean)
+        r2_test[layer] = _r2(targets[test], probe._predict(X[test]), probe.y_mean)
     return ProbeCurve(r2_test=r2_test, r2_train=r2_train, n_train=n_train, n_test=n - n_train)

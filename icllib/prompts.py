@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib._checks import as_float_tensor, check_bool, check_float, check_float_dtype, check_generator, check_int
 
 __all__ = ["sample_lambda", "PromptBatch", "sample_prompts", "LAMBDA_DISTRIBUTIONS"]
 
@@ -27,8 +27,6 @@ LAMBDA_DISTRIBUTIONS = {
     "in_domain": "lambda ~ N(0, I_m)",
     "out_of_domain": "lambda ~ N(1_m, 4 I_m)",
 }
-
-_DTYPES = (torch.float32, torch.float64)
 
 
 def sample_lambda(
@@ -53,14 +51,14 @@ def sample_lambda(
     n_prompts = check_int("n_prompts", n_prompts, minimum=1)
     m = check_int("m", m, minimum=1)
     check_generator("generator", generator)
-    if dtype not in _DTYPES:
-        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    check_float_dtype("dtype", dtype)
+    _check_distribution(distribution, m)
+    return _sample_lambda(n_prompts, m, generator, distribution).to(dtype)
+
+
+def _check_distribution(distribution, m: int) -> None:
     if isinstance(distribution, str):
-        if distribution == "in_domain":
-            lam = torch.randn(n_prompts, m, generator=generator, dtype=torch.float64)
-        elif distribution == "out_of_domain":
-            lam = 1.0 + 2.0 * torch.randn(n_prompts, m, generator=generator, dtype=torch.float64)
-        else:
+        if distribution not in LAMBDA_DISTRIBUTIONS:
             raise ValueError(
                 f"distribution must be one of {list(LAMBDA_DISTRIBUTIONS)}, a callable (n, m, generator) -> Tensor "
                 f"or a torch.distributions.Distribution, got {distribution!r}"
@@ -72,26 +70,32 @@ def sample_lambda(
                 f"distribution must produce vectors of length m={m} (batch_shape + event_shape == ({m},)), "
                 f"got batch_shape {tuple(distribution.batch_shape)} and event_shape {tuple(distribution.event_shape)}"
             )
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            lam = distribution.sample((n_prompts,))
-        lam = as_float_tensor("distribution sample", lam)
-    elif callable(distribution):
-        lam = distribution(n_prompts, m, generator)
-        if not isinstance(lam, torch.Tensor):
-            raise TypeError(f"distribution callable must return a torch.Tensor, got {type(lam).__name__}")
-        if tuple(lam.shape) != (n_prompts, m):
-            raise ValueError(
-                f"distribution callable must return shape (n_prompts, m) = ({n_prompts}, {m}), got {tuple(lam.shape)}"
-            )
-        lam = as_float_tensor("distribution callable output", lam)
-    else:
+    elif not callable(distribution):
         raise TypeError(
             "distribution must be 'in_domain', 'out_of_domain', a callable (n, m, generator) -> Tensor or a "
             f"torch.distributions.Distribution, got {type(distribution).__name__}"
         )
-    return lam.to(dtype)
+
+
+def _sample_lambda(n_prompts: int, m: int, generator: torch.Generator, distribution) -> torch.Tensor:
+    """The draw of :func:`sample_lambda` (arguments checked by the caller; a callable's output is checked here)."""
+    if isinstance(distribution, str):
+        lam = torch.randn(n_prompts, m, generator=generator, dtype=torch.float64)
+        return lam if distribution == "in_domain" else 1.0 + 2.0 * lam  # out of domain: N(1_m, 4 I_m)
+    if isinstance(distribution, torch.distributions.Distribution):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            lam = distribution.sample((n_prompts,))
+        return as_float_tensor("distribution sample", lam)
+    lam = distribution(n_prompts, m, generator)
+    if not isinstance(lam, torch.Tensor):
+        raise TypeError(f"distribution callable must return a torch.Tensor, got {type(lam).__name__}")
+    if tuple(lam.shape) != (n_prompts, m):
+        raise ValueError(
+            f"distribution callable must return shape (n_prompts, m) = ({n_prompts}, {m}), got {tuple(lam.shape)}"
+        )
+    return as_float_tensor("distribution callable output", lam)
 
 
 @dataclass
@@ -152,10 +156,17 @@ def sample_prompts(
     tau = check_float("tau", tau, minimum=0.0)
     n_prompts = check_int("n_prompts", n_prompts, minimum=1)
     check_generator("generator", generator)
-    if not isinstance(feature_noise, bool):
-        raise TypeError(f"feature_noise must be a bool, got {feature_noise!r}")
+    check_bool("feature_noise", feature_noise)
+    _check_distribution(distribution, m)
+    return _sample_prompts(Z_all, n_labeled, tau, n_prompts, generator, distribution, feature_noise)
+
+
+def _sample_prompts(Z_all: torch.Tensor, n_labeled: int, tau: float, n_prompts: int, generator: torch.Generator,
+                    distribution="in_domain", feature_noise: bool = False) -> PromptBatch:
+    """The draw of :func:`sample_prompts`, for callers that have checked its arguments (training loops)."""
+    m, K = Z_all.shape
     Z64 = Z_all.double()
-    lam = sample_lambda(n_prompts, m, generator, distribution)
+    lam = _sample_lambda(n_prompts, m, generator, distribution).double()
     eps = None
     if feature_noise:
         eps = tau**0.5 * torch.randn(n_prompts, K, m, generator=generator, dtype=torch.float64)

@@ -68,11 +68,18 @@ def _prompt_features(model, Z) -> torch.Tensor:
     return Z[:, :N]
 
 
-def _terms(model, Z_all, tau) -> kernels.LossTerms:
+def _model_dictionary(model, Z_all, tau) -> tuple[torch.Tensor, float]:
+    """``(Z_all, tau)`` checked against the model: Z_all (m, K) in float64, tau >= 0."""
     Z_all = as_float_tensor("Z_all", Z_all, ndim=2, dtype=torch.float64)
     if Z_all.shape[1] != model.n_tokens:
         raise ValueError(f"Z_all must have K = {model.n_tokens} columns (one per token), got {tuple(Z_all.shape)}")
-    return kernels.loss_terms(Z_all, model.n_labeled, tau)
+    return Z_all, check_float("tau", tau, minimum=0.0)
+
+
+def _terms(model, Z_all, tau) -> kernels.LossTerms:
+    """Lemma 5's constants for the model's dictionary (arguments checked here, once)."""
+    Z_all, tau = _model_dictionary(model, Z_all, tau)
+    return kernels._loss_terms(Z_all, model.n_labeled, tau)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -99,7 +106,6 @@ class HeadMatrices:
         return bool((self.rank == self.B.shape[1]).all())
 
 
-@torch.no_grad()
 def head_matrices(model, Z, tau: float, rtol: float = 1e-10) -> HeadMatrices:
     """The head matrices of Proposition 1, B_k = Zbar (s_k^1..s_k^H) in R^{N x H}, Zbar = (Z^T Z + m tau I_N)^{1/2}.
 
@@ -109,7 +115,12 @@ def head_matrices(model, Z, tau: float, rtol: float = 1e-10) -> HeadMatrices:
     _check_one_layer(model)
     tau = check_float("tau", tau, minimum=0.0)
     rtol = check_float("rtol", rtol, minimum=0.0)
-    Zbar = kernels.zbar(_prompt_features(model, Z), tau)  # (N, N)
+    return _head_matrices(model, kernels._zbar(_prompt_features(model, Z), tau), rtol)
+
+
+@torch.no_grad()
+def _head_matrices(model, Zbar: torch.Tensor, rtol: float) -> HeadMatrices:
+    """:func:`head_matrices` from ``Zbar`` (N, N), float64."""
     S = model.attention_scores().double()  # (H, N, K)
     B = torch.einsum("ij,hjk->kih", Zbar, S)  # (K, N, H)
     sv = torch.linalg.svdvals(B)  # (K, min(N, H))
@@ -128,8 +139,7 @@ def zeta(model, Z, tau: float) -> float:
 # The PL inequality and smoothness
 # --------------------------------------------------------------------------------------------------------------------
 def _gap_and_grads(model, terms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    diff = model.attention_matrix().double() - terms.target
-    gap = (diff * (terms.gram @ diff)).sum() / (2 * terms.n_tokens)
+    gap = kernels.exact_gap(model.attention_matrix(), terms)
     g_Q, g_w = torch.autograd.grad(gap, (model.Q, model.w))
     return gap.detach(), g_Q, g_w
 
@@ -170,8 +180,7 @@ def smoothness_estimate(
     terms = _terms(model, Z_all, tau)
     gamma = gamma2**0.5
     params = (model.Q, model.w)
-    diff = model.attention_matrix().double() - terms.target
-    gap = (diff * (terms.gram @ diff)).sum() / (2 * terms.n_tokens)
+    gap = kernels.exact_gap(model.attention_matrix(), terms)
     grads = torch.autograd.grad(gap, params, create_graph=True)
     vec = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype) for p in params]
     eig = 0.0
@@ -287,10 +296,7 @@ def label_error(Z_all, n_labeled: int, tau: float, reg: float, lambda_moment=Non
         if tuple(C.shape) != (m, m):
             raise ValueError(f"lambda_moment must have shape (m, m) = ({m}, {m}), got {tuple(C.shape)}")
     Z, Z_Q = Z_all[:, :n_labeled], Z_all[:, n_labeled:]
-    if reg == 0.0:
-        A_Q = torch.linalg.pinv(Z) @ Z_Q
-    else:
-        A_Q = torch.linalg.solve(Z.T @ Z + reg * torch.eye(n_labeled, dtype=torch.float64), Z.T @ Z_Q)
+    A_Q = kernels._ridge_matrix(Z_all, n_labeled, reg)[:, n_labeled:]  # a_k = (Z^T Z + reg I)^{-1} Z^T z_k, k > N
     bias = Z @ A_Q - Z_Q  # (m, K - N)
     per_token = (bias * (C @ bias)).sum(0) + tau * torch.trace(C) * (A_Q**2).sum(0)
     return float(per_token.mean())
@@ -316,10 +322,10 @@ def best_w_given_Q(model, Z_all, tau: float) -> BestW:
     With H >= N and B_k of full rank the minimum is 0; with H < N it is not, whatever w. The model is not changed.
     """
     _check_one_layer(model)
-    terms = _terms(model, Z_all, tau)
-    tau = check_float("tau", tau, minimum=0.0)
-    heads = head_matrices(model, Z_all, tau)
-    Zbar = kernels.zbar(as_float_tensor("Z_all", Z_all, ndim=2, dtype=torch.float64)[:, : model.n_labeled], tau)
+    Z_all, tau = _model_dictionary(model, Z_all, tau)
+    terms = kernels._loss_terms(Z_all, model.n_labeled, tau)
+    Zbar = kernels._zbar(Z_all[:, : model.n_labeled], tau)
+    heads = _head_matrices(model, Zbar, 1e-10)
     rhs = (Zbar @ terms.target).T.unsqueeze(-1)  # (K, N, 1)
     # gelsd (SVD based) on CPU copes with the rank-deficient and nearly singular B_k that H ~ N produces.
     driver = "gelsd" if heads.B.device.type == "cpu" else None

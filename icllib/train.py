@@ -1,6 +1,13 @@
-"""Training loops for the template-regression models (Yang et al. 2024), each returning a :class:`TrainingHistory`.
+"""The book's one training loop, and the Part I objectives trained with it (Yang et al. 2024).
 
-Three ways to train, from the theory to the paper's experiments:
+Like nanoGPT's ``train.py``, training is one loop (:func:`train_loop`): evaluate, then repeat {draw a batch, take a
+timed optimiser step}, evaluating at every ``eval_every`` steps, until the steps, a time budget or a stopping rule
+run out. What differs between models is given to it as two functions, a *step* (one update, returning the training
+loss) and a *recorder* (the evaluation's metrics), configured by a small dataclass (:class:`LoopConfig`); every run
+returns a :class:`TrainingHistory`. Training time is measured per step, without the evaluations (and without
+drawing the batch), so that time budgets compare training compute only.
+
+The Part I objectives built on it, from the theory to the paper's experiments:
 
 - :func:`train_exact_gd`: full-batch gradient descent on the exact population loss of Lemma 5, with the two step
   sizes of Theorem 1 (eta_Q for the key-query matrices, eta_w = gamma^2 eta_Q for the output weights). Needs a model
@@ -11,10 +18,10 @@ Three ways to train, from the theory to the paper's experiments:
   Works for any model called as ``model(y) -> yhat`` with y (..., N) and yhat (..., K), e.g. the multi-layer
   transformer.
 
-Every loop evaluates, every ``eval_every`` steps, the gap L(theta) - L* and the paper's inference metric
-(1/K) ||yhat - yhat*||^2 on fixed test prompts (200 in domain, lambda ~ N(0, I_m); 200 out of domain,
-lambda ~ N(1_m, 4 I_m)), where yhat* is Theorem 2's ridge prediction. Training time is measured per step, without
-the evaluations, so that time budgets compare training compute only.
+Each records the gap L(theta) - L* and the paper's inference metric (1/K) ||yhat - yhat*||^2 on fixed test prompts
+(200 in domain, lambda ~ N(0, I_m); 200 out of domain, lambda ~ N(1_m, 4 I_m)), where yhat* is Theorem 2's ridge
+prediction. Part III's causal sequence model trains through the same loop
+(:func:`icllib.bridge.train_sequence_model`).
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ from tqdm.auto import tqdm
 
 from icllib import kernels
 from icllib._checks import as_float_tensor, check_float, check_generator, check_int
-from icllib.prompts import PromptBatch, sample_prompts
+from icllib.kernels import exact_gap
+from icllib.prompts import PromptBatch, _sample_prompts
 
 __all__ = [
-    "TestPrompts",
     "TrainingHistory",
+    "LoopConfig",
+    "train_loop",
+    "TestPrompts",
     "make_test_prompts",
     "exact_gap",
     "train_exact_gd",
@@ -45,7 +55,141 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Test prompts and the history
+# The history and the loop
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingHistory:
+    """What a training run recorded at step 0 and at each evaluation (lists of equal length, one entry per evaluation).
+
+    Every run records ``step`` (0 = before training), ``train_loss`` (the mean training objective since the previous
+    evaluation; at step 0 the recorder's value of the objective, or NaN) and ``elapsed_s`` (cumulative training
+    seconds, evaluations excluded). The recorder adds its own series to ``metrics`` and one-off values to
+    ``constants``; both read as attributes (``history.loss_gap``, ``history.ridge_floor``):
+
+    - Part I (:func:`train_exact_gd`, :func:`train_adam_exact`, :func:`train_adam_monte_carlo`): ``loss_gap``,
+      L(theta) - L*, exact (Lemma 5) for models with ``attention_matrix()``, else a Monte-Carlo estimate on the
+      in-domain test prompts (then the constant ``exact_gap`` is False; a model that is not linear in y can even go
+      below the best linear loss L*); ``in_domain``/``out_of_domain``, (1/K) ||yhat - yhat*||^2 averaged over the
+      test prompts; ``w_norm``, the Frobenius norm of the output weights w (NaN for models without them).
+    - Part III (:func:`icllib.bridge.train_sequence_model`): ``query_mse``, ``ridge_mse``, ``bare_mse`` and the
+      constants ``ridge_floor``, ``zero_mse`` (see there).
+
+    ``step_time_s``: mean seconds per training step. ``stop_reason``: "steps", "time_budget", "target" (in-domain
+    inference loss reached ``stop_at_inference``) or "diverged" (non-finite gap). ``config``: the run's settings.
+    """
+
+    method: str
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    elapsed_s: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    constants: dict[str, float | bool] = field(default_factory=dict)
+    step_time_s: float = float("nan")
+    stop_reason: str = "steps"
+    config: dict = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        # Called only when ordinary lookup fails: a recorded series or constant (never for private names, so that
+        # pickle and copy see a plain object).
+        if not name.startswith("_"):
+            for table in (self.__dict__.get("metrics", {}), self.__dict__.get("constants", {})):
+                if name in table:
+                    return table[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute, series or constant {name!r}")
+
+    def append(self, step: int, train_loss: float, elapsed_s: float, metrics: dict[str, float]) -> None:
+        """Add one evaluation: the step, the training loss, the training time so far and the recorder's metrics."""
+        self.step.append(step)
+        self.train_loss.append(train_loss)
+        self.elapsed_s.append(elapsed_s)
+        for name, value in metrics.items():
+            self.metrics.setdefault(name, []).append(value)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The recorded series as numpy arrays (for plotting): step, train_loss, elapsed_s and every metric."""
+        names = ("step", "train_loss", "elapsed_s", *self.metrics)
+        return {name: np.asarray(getattr(self, name), dtype=float) for name in names}
+
+    def first_step_below(self, series: str, threshold: float) -> tuple[int, float] | None:
+        """(step, elapsed seconds) of the first evaluation where ``series`` <= ``threshold``, or None."""
+        values = getattr(self, series)
+        for step, value, elapsed in zip(self.step, values, self.elapsed_s, strict=True):
+            if value <= threshold:
+                return step, elapsed
+        return None
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long to train and how often to evaluate: at most ``steps`` steps (and ``time_budget_s`` training
+    seconds, if given), an evaluation at step 0, every ``eval_every`` steps and at the end; ``progress``: a bar."""
+
+    steps: int
+    eval_every: int = 100
+    time_budget_s: float | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, minimum=0)
+        check_int("eval_every", self.eval_every, minimum=1)
+        if self.time_budget_s is not None:
+            check_float("time_budget_s", self.time_budget_s, minimum=0.0, strict=True)
+
+
+Step = Callable[[object], float]  # one update on a batch (None without draw); returns the training loss
+Recorder = Callable[[int], dict[str, float]]  # the evaluation at a step: {metric name: value}
+StopRule = Callable[[TrainingHistory], str | None]  # a reason to stop after an evaluation, or None
+
+
+def train_loop(
+    config: LoopConfig,
+    history: TrainingHistory,
+    step: Step,
+    record: Recorder,
+    *,
+    draw: Callable[[], object] | None = None,
+    stop: StopRule | None = None,
+) -> TrainingHistory:
+    """The one training loop: evaluate at step 0, then ``step(draw())`` (timed; ``draw`` is not) until
+    ``config.steps``, evaluating every ``config.eval_every`` steps, at the last step and when the time budget is
+    spent. ``record(step)`` returns the metrics appended to ``history`` (at step 0 it may give ``"train_loss"``, the
+    objective before any update); ``stop(history)`` may end the run after an evaluation with a reason.
+    ``history.stop_reason`` and ``step_time_s`` are set at the end; the history is returned.
+    """
+    bar = tqdm(total=config.steps, disable=not config.progress, leave=False, desc=history.method)
+    reason = _evaluate(history, record, stop, bar, 0, None, 0.0)
+    elapsed, running, count, done = 0.0, 0.0, 0, 0
+    while reason is None and done < config.steps:
+        batch = draw() if draw is not None else None
+        start = time.perf_counter()
+        loss = step(batch)
+        elapsed += time.perf_counter() - start
+        done += 1
+        running, count = running + loss, count + 1
+        bar.update(1)
+        out_of_time = config.time_budget_s is not None and elapsed >= config.time_budget_s
+        if done % config.eval_every == 0 or done == config.steps or out_of_time:
+            reason = _evaluate(history, record, stop, bar, done, running / count, elapsed)
+            running, count = 0.0, 0
+            if reason is None and out_of_time:
+                reason = "time_budget"
+    bar.close()
+    history.stop_reason = reason or "steps"
+    history.step_time_s = history.elapsed_s[-1] / max(done, 1)
+    return history
+
+
+def _evaluate(history, record, stop, bar, step: int, train_loss: float | None, elapsed: float) -> str | None:
+    metrics = dict(record(step))
+    if train_loss is None:  # before the first update
+        train_loss = metrics.pop("train_loss", float("nan"))
+    history.append(step, train_loss, elapsed, metrics)
+    bar.set_postfix({name: f"{values[-1]:.2e}" for name, values in list(history.metrics.items())[:2]}, refresh=False)
+    return stop(history) if stop is not None else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Part I: test prompts, the recorder and the shared set-up
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
 class TestPrompts:
@@ -70,67 +214,16 @@ def make_test_prompts(
     n_prompts = check_int("n_prompts", n_prompts, minimum=1)
     check_generator("generator", generator)
     Z_all = as_float_tensor("Z_all", Z_all, ndim=2, dtype=torch.float64)
-    batches = [
-        sample_prompts(Z_all, n_labeled, tau, n_prompts, generator, distribution=dist)
-        for dist in ("in_domain", "out_of_domain")
-    ]
-    stars = [kernels.ridge_predictions(Z_all, b.y, n_labeled, tau) for b in batches]
+    n_labeled = check_int("n_labeled", n_labeled, minimum=1, maximum=Z_all.shape[1] - 1)
+    tau = check_float("tau", tau, minimum=0.0)
+    return _test_prompts(Z_all, n_labeled, tau, generator, n_prompts)
+
+
+def _test_prompts(Z_all, n_labeled: int, tau: float, generator: torch.Generator, n_prompts: int) -> TestPrompts:
+    batches = [_sample_prompts(Z_all, n_labeled, tau, n_prompts, generator, dist)
+               for dist in ("in_domain", "out_of_domain")]
+    stars = [kernels._ridge_predict(Z_all, b.y, n_labeled, Z_all.shape[0] * tau) for b in batches]
     return TestPrompts(batches[0], batches[1], stars[0], stars[1])
-
-
-@dataclass
-class TrainingHistory:
-    """What a training run recorded at each evaluation (lists of equal length, one entry per evaluation).
-
-    ``step``: iteration count (0 = before training). ``loss_gap``: L(theta) - L*, exact (Lemma 5) for models with
-    ``attention_matrix()``, else a Monte-Carlo estimate on the in-domain test prompts (then ``exact_gap`` is False;
-    a model that is not linear in y can even go below the best linear loss L*). ``train_loss``: the training
-    objective (exact L, or the mean minibatch loss since the previous evaluation for Monte-Carlo training).
-    ``in_domain``/``out_of_domain``: (1/K) ||yhat - yhat*||^2 averaged over the test prompts. ``w_norm``: the
-    Frobenius norm of the output weights w (NaN for models without them). ``elapsed_s``: cumulative training time
-    (evaluations excluded). ``step_time_s``: mean seconds per training step. ``stop_reason``: "steps",
-    "time_budget", "target" (in-domain inference loss reached ``stop_at_inference``) or "diverged" (non-finite
-    gap).
-    """
-
-    method: str
-    exact_gap: bool
-    step: list[int] = field(default_factory=list)
-    loss_gap: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    in_domain: list[float] = field(default_factory=list)
-    out_of_domain: list[float] = field(default_factory=list)
-    w_norm: list[float] = field(default_factory=list)
-    elapsed_s: list[float] = field(default_factory=list)
-    step_time_s: float = float("nan")
-    stop_reason: str = "steps"
-    config: dict = field(default_factory=dict)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The recorded series as numpy arrays (for plotting)."""
-        names = ("step", "loss_gap", "train_loss", "in_domain", "out_of_domain", "w_norm", "elapsed_s")
-        return {name: np.asarray(getattr(self, name), dtype=float) for name in names}
-
-    def first_step_below(self, series: str, threshold: float) -> tuple[int, float] | None:
-        """(step, elapsed seconds) of the first evaluation where ``series`` <= ``threshold``, or None."""
-        values = getattr(self, series)
-        for step, value, elapsed in zip(self.step, values, self.elapsed_s, strict=True):
-            if value <= threshold:
-                return step, elapsed
-        return None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Shared pieces
-# --------------------------------------------------------------------------------------------------------------------
-def exact_gap(A_tilde: torch.Tensor, terms: kernels.LossTerms) -> torch.Tensor:
-    """L(theta) - L* = (1/2K) tr((A_tilde - A)^T M (A_tilde - A)), M = Zbar^2 = Z^T Z + m tau I (Lemma 5).
-
-    Computed directly rather than as L - L*, which would lose the gap in rounding once it falls below ~1e-16 L*.
-    Differentiable in ``A_tilde``; float64.
-    """
-    diff = A_tilde.double() - terms.target
-    return (diff * (terms.gram @ diff)).sum() / (2 * terms.n_tokens)
 
 
 def _check_model(model, Z_all, need_linear: bool) -> tuple[int, int]:
@@ -148,6 +241,8 @@ def _check_model(model, Z_all, need_linear: bool) -> tuple[int, int]:
     n_tokens = getattr(model, "n_tokens", K)
     if n_tokens != K:
         raise ValueError(f"Z_all has K={K} columns but the model predicts {n_tokens} tokens")
+    if n_labeled >= K:
+        raise ValueError(f"the model's n_labeled={n_labeled} must be smaller than the number of tokens K={K}")
     return n_labeled, K
 
 
@@ -160,75 +255,49 @@ def _terms_on(terms: kernels.LossTerms, model: nn.Module) -> kernels.LossTerms:
                              terms.n_tokens, terms.dtype)
 
 
-class _Recorder:
-    """Evaluates a model on the fixed test prompts and appends to a history (evaluation time is not counted)."""
-
-    def __init__(self, model, terms, test, history, progress, steps):
-        self.model, self.terms, self.test, self.history = model, terms, test, history
-        self.linear = callable(getattr(model, "attention_matrix", None))
-        param = next(model.parameters())
-        self.dtype, self.device = param.dtype, param.device
-        self.bar = tqdm(total=steps, disable=not progress, leave=False, desc=history.method)
-
-    def _predict(self, y: torch.Tensor) -> torch.Tensor:
-        return self.model(y.to(self.device, self.dtype)).double().cpu()
-
-    @torch.no_grad()
-    def __call__(self, step: int, train_loss: float | None, elapsed: float) -> float:
-        model, h, test = self.model, self.history, self.test
-        was_training = model.training
-        model.eval()
-        if self.linear:
+def _part1_metrics(model: nn.Module, terms: kernels.LossTerms, test: TestPrompts) -> dict[str, float]:
+    """The gap L - L*, the inference losses in and out of domain and ||w|| of the model as it is now."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if callable(getattr(model, "attention_matrix", None)):
             A_tilde = model.attention_matrix().double().cpu()
-            gap = float(exact_gap(A_tilde, self.terms))
+            gap = float(exact_gap(A_tilde, terms))
             pred_in, pred_out = test.in_domain.y.double() @ A_tilde, test.out_of_domain.y.double() @ A_tilde
         else:
             # No closed form when yhat is not linear in y: estimate L on the in-domain test prompts (their labels
             # of all K tokens are known), minus L*.
-            pred_in, pred_out = self._predict(test.in_domain.y), self._predict(test.out_of_domain.y)
-            loss = ((pred_in - test.in_domain.y_all.double()) ** 2).sum(-1).mean() / (2 * self.terms.n_tokens)
-            gap = float(loss - self.terms.optimal)
-        model.train(was_training)
-        h.step.append(step)
-        h.loss_gap.append(gap)
-        # Before the first step there is no training loss yet: record L(theta_0) = gap + L*.
-        h.train_loss.append(float(gap + self.terms.optimal) if train_loss is None else float(train_loss))
-        # (1/K)||yhat - yhat*||^2 averaged over prompts, as kernels.inference_loss, but NaN passes (divergence).
-        h.in_domain.append(float(((pred_in - test.star_in) ** 2).mean()))
-        h.out_of_domain.append(float(((pred_out - test.star_out) ** 2).mean()))
+            param = next(model.parameters())
+            pred_in, pred_out = (model(t.y.to(param.device, param.dtype)).double().cpu()
+                                 for t in (test.in_domain, test.out_of_domain))
+            loss = ((pred_in - test.in_domain.y_all.double()) ** 2).sum(-1).mean() / (2 * terms.n_tokens)
+            gap = float(loss - terms.optimal)
         w = getattr(model, "w", None)
-        h.w_norm.append(float(w.norm()) if isinstance(w, torch.Tensor) else float("nan"))
-        h.elapsed_s.append(elapsed)
-        self.bar.set_postfix(gap=f"{gap:.2e}", inf=f"{h.in_domain[-1]:.2e}", refresh=False)
-        return h.in_domain[-1]
-
-    def close(self, steps_done: int) -> None:
-        self.bar.close()
-        self.history.step_time_s = self.history.elapsed_s[-1] / max(steps_done, 1)
+        w_norm = float(w.norm()) if isinstance(w, torch.Tensor) else float("nan")
+    model.train(was_training)
+    # (1/K)||yhat - yhat*||^2 averaged over prompts, as kernels.inference_loss, but NaN passes (divergence).
+    return {"loss_gap": gap, "in_domain": float(((pred_in - test.star_in) ** 2).mean()),
+            "out_of_domain": float(((pred_out - test.star_out) ** 2).mean()), "w_norm": w_norm}
 
 
 @dataclass
 class _Setup:
-    """Validated arguments shared by the loops."""
+    """Validated arguments shared by the Part I objectives."""
 
     Z_all: torch.Tensor
     tau: float
-    steps: int
-    eval_every: int
-    time_budget_s: float | None
+    loop: LoopConfig
     stop_at_inference: float | None
     n_labeled: int
     n_tokens: int
     terms: kernels.LossTerms
 
 
-def _setup(
-    model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, need_linear
-) -> _Setup:
+def _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
+           callback, progress, need_linear) -> _Setup:
     Z_all = as_float_tensor("Z_all", Z_all, ndim=2, dtype=torch.float64)
     tau = check_float("tau", tau, minimum=0.0)
-    steps = check_int("steps", steps, minimum=0)
-    eval_every = check_int("eval_every", eval_every, minimum=1)
+    loop = LoopConfig(steps, eval_every, time_budget_s, progress)
     if generator is not None:
         check_generator("generator", generator)
     if test_prompts is None:
@@ -238,65 +307,42 @@ def _setup(
         raise TypeError(
             f"test_prompts must be a TestPrompts (see make_test_prompts), got {type(test_prompts).__name__}"
         )
-    if time_budget_s is not None:
-        time_budget_s = check_float("time_budget_s", time_budget_s, minimum=0.0, strict=True)
     if stop_at_inference is not None:
         stop_at_inference = check_float("stop_at_inference", stop_at_inference, minimum=0.0, strict=True)
-    n_labeled, n_tokens = _check_model(model, Z_all, need_linear)
-    terms = kernels.loss_terms(Z_all, n_labeled, tau)
-    return _Setup(Z_all, tau, steps, eval_every, time_budget_s, stop_at_inference, n_labeled, n_tokens, terms)
-
-
-def _run(
-    method: str,
-    model: nn.Module,
-    setup: _Setup,
-    step_fn: Callable[[], float],
-    test_prompts: TestPrompts | None,
-    generator: torch.Generator | None,
-    progress: bool,
-    callback: Callable[[int, nn.Module], None] | None,
-    config: dict,
-) -> TrainingHistory:
-    """The loop every method shares: evaluate at step 0 and every ``eval_every`` steps, stop on steps/time/target."""
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (step, model) -> None, got {type(callback).__name__}")
-    Z_all, steps, eval_every = setup.Z_all, setup.steps, setup.eval_every
-    time_budget_s, stop_at_inference = setup.time_budget_s, setup.stop_at_inference
-    test = test_prompts if test_prompts is not None else make_test_prompts(Z_all, setup.n_labeled, setup.tau, generator)
-    if test.in_domain.n_labeled != setup.n_labeled or test.star_in.shape[-1] != setup.n_tokens:
+    n_labeled, n_tokens = _check_model(model, Z_all, need_linear)
+    if test_prompts is not None and (test_prompts.in_domain.n_labeled != n_labeled
+                                     or test_prompts.star_in.shape[-1] != n_tokens):
         raise ValueError("test_prompts were drawn for another N or K than this model and Z_all")
-    linear = callable(getattr(model, "attention_matrix", None))
-    history = TrainingHistory(method=method, exact_gap=linear, config=config)
-    record = _Recorder(model, setup.terms, test, history, progress, steps)
+    terms = kernels._loss_terms(Z_all, n_labeled, tau)
+    return _Setup(Z_all, tau, loop, stop_at_inference, n_labeled, n_tokens, terms)
 
-    elapsed, running, n_running, step = 0.0, 0.0, 0, 0
-    first = record(0, None, 0.0)
-    if callback is not None:
-        callback(0, model)
-    if stop_at_inference is not None and first <= stop_at_inference:
-        history.stop_reason = "target"
-    while history.stop_reason == "steps" and step < steps:
-        start = time.perf_counter()
-        loss = step_fn()
-        elapsed += time.perf_counter() - start
-        step += 1
-        running, n_running = running + loss, n_running + 1
-        record.bar.update(1)
-        out_of_time = time_budget_s is not None and elapsed >= time_budget_s
-        if step % eval_every == 0 or step == steps or out_of_time:
-            inference = record(step, running / n_running, elapsed)
-            running, n_running = 0.0, 0
-            if callback is not None:
-                callback(step, model)
-            if not (math.isfinite(history.loss_gap[-1]) and math.isfinite(history.in_domain[-1])):
-                history.stop_reason = "diverged"
-            elif stop_at_inference is not None and inference <= stop_at_inference:
-                history.stop_reason = "target"
-            elif out_of_time:
-                history.stop_reason = "time_budget"
-    record.close(step)
-    return history
+
+def _train(method: str, model: nn.Module, setup: _Setup, step: Step, test_prompts, generator, callback,
+           config: dict) -> TrainingHistory:
+    """Run a Part I objective's ``step`` through :func:`train_loop`, recording on fixed test prompts."""
+    test = test_prompts if test_prompts is not None else _test_prompts(setup.Z_all, setup.n_labeled, setup.tau,
+                                                                       generator, 200)
+    linear = callable(getattr(model, "attention_matrix", None))
+    history = TrainingHistory(method, constants={"exact_gap": linear}, config=config)
+
+    def record(step_done: int) -> dict[str, float]:
+        metrics = _part1_metrics(model, setup.terms, test)
+        if step_done == 0:  # no training loss yet: record L(theta_0) = gap + L*
+            metrics["train_loss"] = float(metrics["loss_gap"] + setup.terms.optimal)
+        if callback is not None:
+            callback(step_done, model)
+        return metrics
+
+    def stop(h: TrainingHistory) -> str | None:
+        if len(h.step) > 1 and not (math.isfinite(h.loss_gap[-1]) and math.isfinite(h.in_domain[-1])):
+            return "diverged"
+        if setup.stop_at_inference is not None and h.in_domain[-1] <= setup.stop_at_inference:
+            return "target"
+        return None
+
+    return train_loop(setup.loop, history, step, record, stop=stop)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -331,13 +377,12 @@ def train_exact_gd(
     """
     eta_Q = check_float("eta_Q", eta_Q, minimum=0.0, strict=True)
     gamma2 = check_float("gamma2", gamma2, minimum=0.0, strict=True)
-    setup = _setup(
-        model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, True
-    )
+    setup = _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
+                   callback, progress, need_linear=True)
     terms = _terms_on(setup.terms, model)
     rates = [(p, eta_Q * gamma2 if name.split(".")[-1] == "w" else eta_Q) for name, p in model.named_parameters()]
 
-    def step_fn() -> float:
+    def step(_batch: object) -> float:
         for p, _ in rates:
             p.grad = None
         gap = exact_gap(model.attention_matrix(), terms)
@@ -348,7 +393,7 @@ def train_exact_gd(
         return float(gap.detach()) + float(terms.optimal)
 
     config = {"eta_Q": eta_Q, "gamma2": gamma2, "eta_w": eta_Q * gamma2, "tau": setup.tau}
-    return _run("exact GD", model, setup, step_fn, test_prompts, generator, progress, callback, config)
+    return _train("exact GD", model, setup, step, test_prompts, generator, callback, config)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -371,13 +416,12 @@ def train_adam_exact(
 ) -> TrainingHistory:
     """Adam (``lr``, default betas) on the exact loss L(theta) of Lemma 5; same arguments as :func:`train_exact_gd`."""
     lr = check_float("lr", lr, minimum=0.0, strict=True)
-    setup = _setup(
-        model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, True
-    )
+    setup = _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
+                   callback, progress, need_linear=True)
     terms = _terms_on(setup.terms, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
-    def step_fn() -> float:
+    def step(_batch: object) -> float:
         optimizer.zero_grad(set_to_none=True)
         gap = exact_gap(model.attention_matrix(), terms)
         gap.backward()
@@ -385,7 +429,7 @@ def train_adam_exact(
         return float(gap.detach()) + float(terms.optimal)
 
     config = {"lr": lr, "tau": setup.tau}
-    return _run("exact Adam", model, setup, step_fn, test_prompts, generator, progress, callback, config)
+    return _train("exact Adam", model, setup, step, test_prompts, generator, callback, config)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -421,17 +465,16 @@ def train_adam_monte_carlo(
     n_train_prompts = check_int("n_train_prompts", n_train_prompts, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1, maximum=n_train_prompts)
     lr = check_float("lr", lr, minimum=0.0, strict=True)
-    setup = _setup(
-        model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference, False
-    )
+    setup = _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
+                   callback, progress, need_linear=False)
     K, param = setup.n_tokens, next(model.parameters())
-    train = sample_prompts(setup.Z_all, setup.n_labeled, setup.tau, n_train_prompts, generator)
+    train = _sample_prompts(setup.Z_all, setup.n_labeled, setup.tau, n_train_prompts, generator)
     # The prompts live where the model lives (a GPU, if the model was moved there), in its dtype.
     y_train, target = train.y.to(param.device, param.dtype), train.y_all.to(param.device, param.dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
 
-    def step_fn() -> float:
+    def step(_batch: object) -> float:
         nonlocal order, cursor
         if cursor + batch_size > n_train_prompts:
             order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
@@ -444,4 +487,4 @@ def train_adam_monte_carlo(
         return float(loss.detach())
 
     config = {"lr": lr, "batch_size": batch_size, "n_train_prompts": n_train_prompts, "tau": setup.tau}
-    return _run("Monte-Carlo Adam", model, setup, step_fn, test_prompts, generator, progress, callback, config)
+    return _train("Monte-Carlo Adam", model, setup, step, test_prompts, generator, callback, config)

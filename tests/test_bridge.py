@@ -3,16 +3,17 @@ training of the causal model, and the task-vector adapter (theta extraction and 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
-from icllib import basis, bridge, kernels, prompts
+from icllib import basis, bridge, kernels, prompts, train
+from icllib.bridge.training import _arrow_loss
 from icllib.models.causal import CausalTransformer
 
 K, D, M, N, TAU = 16, 6, 3, 5, 0.2
-
-
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -226,7 +227,7 @@ def test_variable_length_loss_scores_each_prompts_own_arrows(dictionary):
     out_padded = out.clone()
     out_padded[~batch.arrow_mask] = 1e6  # read-outs at padding arrows must not count
     w = 0.3
-    loss = bridge._arrow_loss(out_padded, batch, w)
+    loss = _arrow_loss(out_padded, batch, w)
     rows = torch.arange(40)
     sq = (out - batch.targets) ** 2
     query = sq[rows, batch.n_shown].mean()
@@ -236,9 +237,9 @@ def test_variable_length_loss_scores_each_prompts_own_arrows(dictionary):
     full = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 40, _gen(32), min_demos=N)
     plain = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 40, _gen(32))
     assert torch.equal(full.inputs, plain.inputs)
-    assert torch.allclose(bridge._arrow_loss(out, full, w), bridge._arrow_loss(out, plain, w))
+    assert torch.allclose(_arrow_loss(out, full, w), _arrow_loss(out, plain, w))
     bare = bridge.sample_sequences(tokens.float(), Z_all, N, TAU, 8, _gen(34), n_demos=0, min_demos=0)
-    assert torch.allclose(bridge._arrow_loss(out[:8, :1], bare, w), w * ((out[:8, 0] - bare.targets[:, 0]) ** 2).mean())
+    assert torch.allclose(_arrow_loss(out[:8, :1], bare, w), w * ((out[:8, 0] - bare.targets[:, 0]) ** 2).mean())
 
 
 def test_sample_dummy_queries():
@@ -270,6 +271,8 @@ def test_training_decreases_the_loss():
     history = bridge.train_sequence_model(model, tokens.float(), Z_all, N, 0.0, steps=60, batch_size=32, lr=1e-2,
                                           generator=_gen(1), warmup=5, eval_every=30, n_eval=200, progress=False)
     assert history.step == [0, 30, 60]
+    assert isinstance(history, train.TrainingHistory) and history.method == "causal transformer"  # the one loop's
+    assert history.step_time_s > 0 and history.stop_reason == "steps" and math.isnan(history.train_loss[0])
     assert history.train_loss[-1] < 0.85 * history.train_loss[1]
     assert history.ridge_floor < 1e-10 < history.zero_mse  # tau = 0: ridge is exact
     assert not model.training
@@ -358,6 +361,12 @@ def test_bad_inputs(dictionary):
         bridge.sample_sequences(tokens, Z_all, K, TAU, 2, _gen(0))
     with pytest.raises(TypeError, match="shuffle"):
         bridge.sample_sequences(tokens, Z_all, N, TAU, 2, _gen(0), shuffle="yes")
+    with pytest.raises(ValueError, match="distribution"):
+        bridge.sample_sequences(tokens, Z_all, N, TAU, 2, _gen(0), distribution="wide")
+    with pytest.raises(TypeError, match="bos"):
+        bridge.write_sequences(tokens, demo, torch.zeros(1, 2), torch.tensor([3]), bos=None)
+    with pytest.raises(ValueError, match="tau"):
+        bridge.swap_predictions(torch.zeros(N, K, dtype=torch.float64), Z_all, N, -TAU, y, y)
     with pytest.raises(ValueError, match="n_dummies"):
         bridge.sample_dummy_queries(torch.tensor([N]), N, K, K - N, _gen(0))
     model = _small_model(dictionary)
@@ -367,6 +376,16 @@ def test_bad_inputs(dictionary):
         bridge.train_sequence_model(model, tokens, Z_all, N, TAU, 1, generator=_gen(0), query_weight=2.0)
     with pytest.raises(TypeError, match="model"):
         bridge.train_sequence_model("model", tokens, Z_all, N, TAU, 1, generator=_gen(0))
+    with pytest.raises(ValueError, match="steps"):
+        bridge.train_sequence_model(model, tokens, Z_all, N, TAU, -1, generator=_gen(0))
+    with pytest.raises(ValueError, match="eval_every"):
+        bridge.train_sequence_model(model, tokens, Z_all, N, TAU, 1, generator=_gen(0), eval_every=0)
+    with pytest.raises(TypeError, match="shuffle"):
+        bridge.train_sequence_model(model, tokens, Z_all, N, TAU, 1, generator=_gen(0), shuffle=1)
+    with pytest.raises(TypeError, match="bos"):
+        bridge.train_sequence_model(model, tokens, Z_all, N, TAU, 1, generator=_gen(0), bos="yes")
+    with pytest.raises(TypeError, match="generator"):
+        bridge.train_sequence_model(model, tokens, Z_all, N, TAU, 1, generator=None)
     with pytest.raises(ValueError, match="dummy_inputs"):
         bridge.sequence_task_vectors(model, [])
     bare = torch.zeros(2, 3, D + 5)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from icllib.llm import ModelParts, model_parts
-from icllib.models.causal import CausalTransformer
+from icllib.models.causal import CausalTransformer, rotate
+from icllib.models.multilayer import MultiLayerTransformer, gpt2_init
 
 D_IN, T = 7, 9
 SIZES = dict(d_model=16, n_layers=3, n_heads=4, d_ff=32)
-
-
 
 
 def _model(seed: int = 0, **kwargs) -> CausalTransformer:
@@ -68,8 +68,6 @@ def test_rotary_positions_are_relative():
 
 
 def test_rotate_preserves_norms_and_depends_on_offsets():
-    from icllib.models.causal import rotate
-
     q = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     k = torch.randn(1, 1, 4, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     pos = torch.tensor([0, 3, 5, 9])
@@ -176,10 +174,6 @@ def test_forward_rejects_bad_inputs():
 @pytest.mark.parametrize("positions", ["rotary", "learned"])
 def test_attention_numerics_unchanged_by_the_shared_helper(positions):
     """CausalSelfAttention through multi_head_attention gives bit-for-bit the inline computation it replaced."""
-    import torch.nn.functional as F
-
-    from icllib.models.causal import rotate
-
     model = _model(positions=positions, rotary_base=30.0)
     attn = model.blocks[1].attn
     x = torch.randn(2, T, 16, generator=torch.Generator().manual_seed(7))
@@ -191,3 +185,17 @@ def test_attention_numerics_unchanged_by_the_shared_helper(positions):
     inline = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     inline = attn.proj(inline.transpose(1, 2).reshape(2, T, 16))
     assert torch.equal(attn(x, mask, position_ids), inline)
+
+
+def test_both_transformers_share_gpt2_init():
+    """The causal and the Part I transformer draw their weights with the one initialisation, gpt2_init."""
+    tokens = torch.randn(6, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for model in (_model(seed=3), MultiLayerTransformer(tokens, 2, **SIZES, generator=torch.Generator().manual_seed(3))):
+        before = {name: p.detach().clone() for name, p in model.named_parameters()}
+        gpt2_init(model, SIZES["n_layers"], torch.Generator().manual_seed(3))
+        for name, param in model.named_parameters():
+            assert torch.equal(param, before[name]), name
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        assert all(torch.all(p == 0) for n, p in params.items() if n.endswith("bias"))
+        assert all(torch.all(p == 1) for n, p in params.items() if "ln_" in n and n.endswith("weight"))
+        assert float(params["blocks.0.mlp.down.weight"].std()) < 0.02 / 2  # shrunk by 1/sqrt(2 n_layers)

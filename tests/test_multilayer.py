@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from icllib.models.multilayer import Block, MultiLayerTransformer, TransformerConfig, causal_mask
+from icllib import basis, train
+from icllib.models.multilayer import Block, MultiLayerTransformer, TransformerConfig, causal_mask, multi_head_attention
 
 K, D, N = 12, 5, 4
 SIZES = dict(d_model=16, n_layers=2, n_heads=4, d_ff=24)
@@ -272,8 +274,6 @@ def test_bad_causal_mask_length():
 
 def test_trains_with_the_library_loop():
     # The calling convention train_adam_monte_carlo relies on: n_labeled, n_tokens, model(y (B, N)) -> (B, K).
-    from icllib import basis, train
-
     gen = torch.Generator().manual_seed(8)
     tokens = _tokens()
     Z_all = basis.GaussianLookupFeatures(tokens, 3, gen)(tokens)
@@ -287,8 +287,6 @@ def test_trains_with_the_library_loop():
 
 def test_multi_head_attention_is_softmax_attention_per_head():
     """The shared head arithmetic: per head h, softmax(q_h k_h^T / sqrt(d_h) + mask) v_h, heads side by side."""
-    from icllib.models.multilayer import multi_head_attention
-
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, length, 8, generator=gen, dtype=torch.float64) for length in (5, 3, 3))
     mask = torch.rand(5, 3, generator=gen) < 0.7
@@ -307,8 +305,6 @@ def test_multi_head_attention_is_softmax_attention_per_head():
 
 def test_attention_numerics_unchanged_by_the_shared_helper():
     """Attention through multi_head_attention gives bit-for-bit the numbers of the inline computation it replaced."""
-    import torch.nn.functional as F
-
     config = TransformerConfig(16, 1, 4, 32)
     block = Block(config)
     gen = torch.Generator().manual_seed(6)

@@ -1,6 +1,7 @@
 """Tests of the training loops (icllib.train) on small problems."""
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -10,8 +11,6 @@ from icllib import basis, kernels, train
 from icllib.models.one_layer import OneLayerMultiHead
 
 N, K, D, M, H, TAU = 5, 16, 6, 4, 8, 0.1
-
-
 
 
 def _problem(seed: int = 0, n_heads: int = H, dtype=torch.float64):
@@ -188,3 +187,70 @@ def test_bad_inputs():
     other = train.make_test_prompts(Z_all, N + 1, TAU, g, n_prompts=3)
     with pytest.raises(ValueError, match="another N or K"):
         train.train_exact_gd(model, Z_all, TAU, steps=1, test_prompts=other, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ the one loop
+def test_train_loop_with_draw_record_and_stop():
+    """The loop itself, on a toy problem: a draw per step (untimed), a step, a recorder and a stopping rule."""
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    drawn, recorded = [], []
+
+    def draw():
+        drawn.append(len(drawn))
+        return torch.tensor([2.0])
+
+    def step(target):
+        optimizer.zero_grad()
+        loss = ((weight - target) ** 2).sum()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def record(step_done):
+        recorded.append(step_done)
+        metrics = {"distance": float((weight.detach() - 2.0).abs())}
+        return {**metrics, "train_loss": 4.0} if step_done == 0 else metrics
+
+    history = train.TrainingHistory("toy", constants={"target": 2.0})
+    out = train.train_loop(train.LoopConfig(steps=7, eval_every=3, progress=False), history, step, record, draw=draw)
+    assert out is history and history.stop_reason == "steps"
+    assert history.step == [0, 3, 6, 7] == recorded and len(drawn) == 7
+    assert history.train_loss[0] == 4.0 and "train_loss" not in history.metrics  # the objective before any step
+    assert history.train_loss[1] == pytest.approx((4.0 + 0.0 + 0.0) / 3)  # SGD with lr 1/2 lands on 2 at once
+    assert history.distance[-1] == 0.0 and history.target == 2.0 and history.step_time_s > 0
+    assert set(history.arrays()) == {"step", "train_loss", "elapsed_s", "distance"}
+    # a stopping rule ends the run after an evaluation; a time budget after the step that spends it
+    stopped = train.train_loop(train.LoopConfig(steps=50, eval_every=2, progress=False), train.TrainingHistory("toy"),
+                               step, record, draw=draw, stop=lambda h: "target" if h.step[-1] >= 4 else None)
+    assert stopped.stop_reason == "target" and stopped.step == [0, 2, 4]
+    timed = train.train_loop(train.LoopConfig(steps=50, eval_every=10, time_budget_s=1e-12, progress=False),
+                             train.TrainingHistory("toy"), step, record, draw=draw)
+    assert timed.stop_reason == "time_budget" and timed.step == [0, 1]
+    untrained = train.train_loop(train.LoopConfig(0, progress=False), train.TrainingHistory("toy"), step,
+                                 lambda s: {"distance": 0.0})
+    assert untrained.step == [0] and math.isnan(untrained.train_loss[0])  # no objective given before the first step
+
+
+def test_history_reads_series_and_constants_as_attributes():
+    history = train.TrainingHistory("toy", constants={"ridge_floor": 0.5, "exact_gap": False}, step_time_s=0.01)
+    history.append(0, 1.2, 0.0, {"query_mse": 1.0})
+    history.append(10, 0.8, 0.1, {"query_mse": 0.4})
+    assert history.query_mse == [1.0, 0.4] and history.ridge_floor == 0.5 and history.exact_gap is False
+    assert history.first_step_below("query_mse", 0.5) == (10, 0.1)
+    with pytest.raises(AttributeError, match="loss_gap"):
+        _ = history.loss_gap
+    again = pickle.loads(pickle.dumps(history))
+    assert again == history and again.query_mse == [1.0, 0.4]
+    assert train.exact_gap is kernels.exact_gap  # the gap lives with Lemma 5, train re-exports it
+
+
+def test_loop_config_bad_inputs():
+    with pytest.raises(ValueError, match="steps"):
+        train.LoopConfig(steps=-1)
+    with pytest.raises(TypeError, match="steps"):
+        train.LoopConfig(steps=1.5)
+    with pytest.raises(ValueError, match="eval_every"):
+        train.LoopConfig(steps=1, eval_every=0)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        train.LoopConfig(steps=1, time_budget_s=0.0)

@@ -27,13 +27,12 @@ passes, so left-padded batches work as they do for a language model.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from icllib._checks import as_float_tensor, check_choice, check_float, check_generator, check_int
-from icllib.models.multilayer import MLP, TransformerConfig, multi_head_attention
+from icllib._checks import as_float_tensor, check_choice, check_float, check_float_dtype, check_generator, check_int
+from icllib.llm import ModelParts
+from icllib.models.multilayer import MLP, TransformerConfig, gpt2_init, multi_head_attention
 
 __all__ = ["CausalTransformer", "CausalSelfAttention", "CausalBlock", "rotate"]
 
@@ -138,8 +137,7 @@ class CausalTransformer(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        check_float_dtype("dtype", dtype)
         self.d_input = check_int("d_input", d_input, minimum=1)
         self.max_len = check_int("max_len", max_len, minimum=1)
         self.d_output = check_int("d_output", d_output, minimum=1)
@@ -154,30 +152,15 @@ class CausalTransformer(nn.Module):
             )
         rotary = self.positions == "rotary"
         # nn.Linear draws its default initialisation from the global generator: fork it so that building a model
-        # leaves the global state untouched; every weight is then redrawn from ``generator`` in _init_weights.
+        # leaves the global state untouched; every weight is then redrawn from ``generator`` by gpt2_init.
         with torch.random.fork_rng(devices=[]):
             self.embed = nn.Linear(self.d_input, d_model)
             self.position_table = nn.Parameter(torch.zeros(self.max_len, d_model)) if not rotary else None
             self.blocks = nn.ModuleList(CausalBlock(self.config, rotary, self.rotary_base) for _ in range(n_layers))
             self.ln_final = nn.LayerNorm(d_model)
             self.readout = nn.Linear(d_model, self.d_output)
-        self._init_weights(generator)
+        gpt2_init(self, self.config.n_layers, generator)
         self.to(dtype)
-
-    @torch.no_grad()
-    def _init_weights(self, generator: torch.Generator) -> None:
-        # GPT-2's scheme: N(0, 0.02^2) weights, zero biases, and the two projections that write into the residual
-        # stream shrunk by 1/sqrt(2 n_layers), so the stream's variance does not grow with depth.
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, param in self.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif "ln_" in name:
-                param.fill_(1.0)  # LayerNorm gains
-            elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(param, 0.0, residual_std, generator=generator)
-            else:
-                nn.init.normal_(param, 0.0, 0.02, generator=generator)
 
     # ----------------------------------------------------------------------------------------------------------------
     # The forward pass, split where the task-vector method needs to reach in
@@ -256,10 +239,8 @@ class CausalTransformer(nn.Module):
         _, states = self._stream(inputs, attention_mask, position_ids, keep=True)
         return torch.stack(states)
 
-    def model_parts(self):
+    def model_parts(self) -> ModelParts:
         """Blocks, final norm and read-out as an :class:`icllib.llm.ModelParts` (what task-vector code reaches)."""
-        from icllib.llm import ModelParts  # local import: only task-vector code needs it
-
         return ModelParts(blocks=self.blocks, final_norm=self.ln_final, unembedding=self.readout)
 
     @property

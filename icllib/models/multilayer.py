@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib._checks import as_float_tensor, check_float, check_float_dtype, check_generator, check_int
 
-__all__ = ["TransformerConfig", "multi_head_attention", "Attention", "MLP", "Block", "causal_mask",
+__all__ = ["TransformerConfig", "multi_head_attention", "Attention", "MLP", "Block", "causal_mask", "gpt2_init",
            "MultiLayerTransformer"]
 
 
@@ -186,6 +186,26 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
+@torch.no_grad()
+def gpt2_init(model: nn.Module, n_layers: int, generator: torch.Generator) -> None:
+    """GPT-2's initialisation of every parameter of ``model``, drawn from ``generator`` in ``named_parameters`` order.
+
+    N(0, 0.02^2) weights, zero biases, unit LayerNorm gains (parameters under a name containing ``ln_``), and the two
+    projections that write into the residual stream (``attn.proj``, ``mlp.down``) shrunk by 1/sqrt(2 n_layers), so
+    the stream's variance does not grow with depth. Shared by the Part I and Part III transformers.
+    """
+    residual_std = 0.02 / math.sqrt(2 * n_layers)
+    for name, param in model.named_parameters():
+        if name.endswith("bias"):
+            param.zero_()
+        elif "ln_" in name:
+            param.fill_(1.0)  # LayerNorm gains
+        elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
+            nn.init.normal_(param, 0.0, residual_std, generator=generator)
+        else:
+            nn.init.normal_(param, 0.0, 0.02, generator=generator)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # 3. The in-context regression model
 # --------------------------------------------------------------------------------------------------------------------
@@ -224,8 +244,7 @@ class MultiLayerTransformer(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        check_float_dtype("dtype", dtype)
         tokens = as_float_tensor("tokens", tokens, ndim=2, dtype=dtype)
         n_tokens, dim = tokens.shape
         if n_tokens < 1 or dim < 1:
@@ -242,30 +261,15 @@ class MultiLayerTransformer(nn.Module):
         self.register_buffer("tokens", tokens.clone())
 
         # nn.Linear draws its default initialisation from the global generator: fork it so that building a model
-        # leaves the global state untouched; every weight is then redrawn from ``generator`` in _init_weights.
+        # leaves the global state untouched; every weight is then redrawn from ``generator`` by gpt2_init.
         with torch.random.fork_rng(devices=[]):
             self.embed = nn.Linear(dim + 1, d_model)
             self.role = nn.Parameter(torch.zeros(2, d_model))  # row 0: prompt column, row 1: query column
             self.blocks = nn.ModuleList(Block(self.config) for _ in range(n_layers))
             self.ln_final = nn.LayerNorm(d_model)
             self.readout = nn.Linear(d_model, 1)
-        self._init_weights(generator)
+        gpt2_init(self, self.config.n_layers, generator)
         self.to(dtype)
-
-    @torch.no_grad()
-    def _init_weights(self, generator: torch.Generator) -> None:
-        # GPT-2's scheme: N(0, 0.02^2) weights, zero biases, and the two projections that write into the residual
-        # stream shrunk by 1/sqrt(2 n_layers), so the stream's variance does not grow with depth.
-        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
-        for name, param in self.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            elif "ln_" in name:
-                param.fill_(1.0)  # LayerNorm gains
-            elif name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(param, 0.0, residual_std, generator=generator)
-            else:
-                nn.init.normal_(param, 0.0, 0.02, generator=generator)
 
     def columns(self, y: torch.Tensor) -> torch.Tensor:
         """The input matrix E, one column per row: (..., N + K, d + 1), prompt columns first (module docstring)."""

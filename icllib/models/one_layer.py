@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib._checks import as_float_tensor, check_float, check_float_dtype, check_generator, check_int
 
 __all__ = ["GeneralFormWeights", "OneLayerMultiHead", "general_form_predictions"]
 
@@ -120,8 +120,7 @@ class OneLayerMultiHead(nn.Module):
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        check_float_dtype("dtype", dtype)
         tokens = as_float_tensor("tokens", tokens, ndim=2, dtype=dtype)
         n_tokens, dim = tokens.shape
         if n_tokens < 2:
