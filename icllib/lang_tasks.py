@@ -45,6 +45,7 @@ __all__ = [
     "exact_match",
     "as_scorer",
     "accuracy",
+    "hits",
     "CATEGORIES",
     "TASK_NAMES",
     "SCORING",
@@ -260,16 +261,23 @@ def as_scorer(scorer: Scorer | Task | None, name: str = "scorer") -> Scorer:
     return scorer
 
 
-def accuracy(predictions: Sequence[str], pairs: Sequence[tuple[str, str]], scorer: Scorer | Task | None = None
-             ) -> float:
-    """The fraction of ``predictions[i]`` that ``scorer`` accepts for ``pairs[i] = (x, y)`` (default exact match)."""
+def hits(predictions: Sequence[str], pairs: Sequence[tuple[str, str]], scorer: Scorer | Task | None = None
+         ) -> np.ndarray:
+    """Whether ``scorer`` accepts ``predictions[i]`` for ``pairs[i] = (x, y)`` (default exact match): a bool array,
+    the material of an accuracy and of its interval (``icllib.stats.accuracy``)."""
     if isinstance(predictions, str) or isinstance(pairs, str):
         raise TypeError("predictions and pairs must be sequences, not a single string")
     if len(predictions) != len(pairs) or not pairs:
         raise ValueError(f"predictions ({len(predictions)}) and pairs ({len(pairs)}) must be non-empty and of the "
                          "same length")
     scorer = as_scorer(scorer)
-    return float(np.mean([bool(scorer(p, x, y)) for (x, y), p in zip(pairs, predictions)]))
+    return np.array([bool(scorer(p, x, y)) for (x, y), p in zip(pairs, predictions)], dtype=bool)
+
+
+def accuracy(predictions: Sequence[str], pairs: Sequence[tuple[str, str]], scorer: Scorer | Task | None = None
+             ) -> float:
+    """The fraction of ``predictions[i]`` that ``scorer`` accepts for ``pairs[i] = (x, y)`` (default exact match)."""
+    return float(np.mean(hits(predictions, pairs, scorer)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

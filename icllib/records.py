@@ -130,9 +130,14 @@ def _command(name: str) -> str:
 
 
 def pending() -> dict[str, dict]:
-    """The records listed as pending in ``records/pending.json``: ``{name: {"command": ..., "reason": ...}}``."""
-    path = records_dir() / "pending.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The records listed as pending: ``{name: {"command": ..., "reason": ...}}``, from ``records/pending.json``
+    and each chapter's ``records/chNN/pending.json``."""
+    listed: dict[str, dict] = {}
+    root = records_dir()
+    for path in sorted([root / "pending.json", *root.glob("*/pending.json")]):
+        if path.is_file():
+            listed.update(json.loads(path.read_text()))
+    return listed
 
 
 # ----------------------------------------------------------------------------------------------------------------

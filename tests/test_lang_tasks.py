@@ -309,3 +309,12 @@ def test_sampling_bad_inputs():
         sample_dummy_queries(task, "abc", 1, 0)
     with pytest.raises(ValueError, match="n must be >= 1"):
         sample_dummy_queries(task, [], 0, 0)
+
+
+def test_hits_are_the_material_of_accuracy():
+    pairs = [("a", "b"), ("c", "d"), ("e", "f")]
+    scored = lang_tasks.hits([" b", "x", "f"], pairs)
+    assert scored.dtype == bool and scored.tolist() == [True, False, True]
+    assert lang_tasks.accuracy([" b", "x", "f"], pairs) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="must be non-empty and of the same length"):
+        lang_tasks.hits(["b"], pairs)

@@ -281,7 +281,7 @@ def test_conflicting_tasks_on_a_tiny_model(tok):
 
 def test_papers_tables_are_re_exported():
     assert tv.PAPER_AVERAGES is papers.PAPER_AVERAGES and tv.PAPER_LAYER_PEAKS is papers.PAPER_LAYER_PEAKS
-    assert tv.PAPER_CATEGORIES is papers.PAPER_CATEGORIES and set(papers.SOURCES) <= set(papers.__all__)
+    assert tv.PAPER_CATEGORIES is papers.PAPER_CATEGORIES and set(papers.hendel.SOURCES) <= set(papers.hendel.__all__)
     assert tv.exact_match(" A", "a", "A") and not tv.exact_match("a", "a", "A")
 
 
@@ -474,3 +474,17 @@ def test_task_vectors_for_bad_inputs(small, tok, kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         tv.task_vectors_for(small, tok, **args)
+
+
+def test_results_carry_per_query_hits_and_intervals():
+    model, tokenizer = testing.tiny_random_model("llama", n_layers=2, seed=3), testing.CharTokenizer()
+    result = tv.evaluate(model, tokenizer, LETTERS, n_demos=2, n_dev=3, n_test=4, n_baseline=5, progress=False)
+    assert {k: len(v) for k, v in result.hits.items()} == {"tv": 4, "icl": 4, "baseline": 5}
+    for which in ("tv", "icl", "baseline"):
+        interval = result.interval(which)
+        assert interval.estimate == getattr(result, which) and interval.low <= interval.estimate <= interval.high
+    with pytest.raises(ValueError, match="which must be one of"):
+        result.interval("ICL")
+    conflict = tv.conflicting_tasks(model, tokenizer, LETTERS, [(x, x.upper()) for x, _ in LETTERS], layer=1,
+                                    n_sets=3, n_demos=2)
+    assert conflict.interval("b_after").estimate == conflict.b_after and len(conflict.hits["a_before"]) == 3

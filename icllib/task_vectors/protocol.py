@@ -19,9 +19,11 @@ from tqdm.auto import tqdm
 
 from icllib._checks import check_bool, check_int, check_pairs
 from icllib.cache import cached_call, not_in_key
-from icllib.lang_tasks import (Scorer, Task, accuracy, as_scorer, filter_single_token, load_task,
+from icllib.lang_tasks import (Scorer, Task, accuracy, as_scorer, filter_single_token, hits, load_task,
                                sample_demonstrations, sample_dummy_queries)
 from icllib.llm import model_parts
+from icllib.stats import Interval
+from icllib.stats import accuracy as accuracy_interval
 from icllib.task_vectors.formats import PromptFormat, _for_task, check_format
 from icllib.task_vectors.forward import _extract, _grouped_states, _predict
 from icllib.task_vectors.hooks import check_layer, check_layers
@@ -39,7 +41,9 @@ class TaskVectorResult:
 
     ``dev_curve[l]`` is the dev accuracy of patching at block ``l`` (NaN for blocks not swept), ``best_layer``
     its first maximum (0-based block index), used for ``tv``. ``theta_test`` holds ``theta_L(S)`` of every test
-    set (n_test, d); ``predictions`` the decoded test predictions ``{"baseline", "icl", "tv"}``.
+    set (n_test, d); ``predictions`` the decoded test predictions ``{"baseline", "icl", "tv"}`` and ``hits``
+    whether each was right (bool arrays; one query per test set, so the draws are independent and
+    :meth:`interval` is a Wilson interval).
     """
 
     baseline: float
@@ -58,6 +62,13 @@ class TaskVectorResult:
     baseline_queries: list[Pair] = field(default_factory=list)
     predictions: dict[str, list[str]] = field(default_factory=dict)
     theta_test: np.ndarray | None = None
+    hits: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+
+    def interval(self, which: str, level: float = 0.95) -> Interval:
+        """The accuracy of ``"baseline"``, ``"icl"`` or ``"tv"`` with its Wilson interval."""
+        if which not in self.hits:
+            raise ValueError(f"which must be one of {sorted(self.hits)}, got {which!r}")
+        return accuracy_interval(self.hits[which], level)
 
     @property
     def depth(self) -> float:
@@ -185,13 +196,14 @@ def evaluate(
         baseline_ids = _zero_shot(run, baseline_queries)
         steps.update()
     predictions = {"tv": run.decode(tv_ids), "icl": run.decode(icl_ids), "baseline": run.decode(baseline_ids)}
+    scored = {which: hits(words, baseline_queries if which == "baseline" else test_queries, scorer)
+              for which, words in predictions.items()}
     return TaskVectorResult(
-        baseline=accuracy(predictions["baseline"], baseline_queries, scorer),
-        icl=accuracy(predictions["icl"], test_queries, scorer), tv=accuracy(predictions["tv"], test_queries, scorer),
+        baseline=float(scored["baseline"].mean()), icl=float(scored["icl"].mean()), tv=float(scored["tv"].mean()),
         best_layer=best_layer, dev_curve=dev_curve, n_layers=n_layers, layers=tuple(layers), fmt=run.fmt,
         n_demos=n_demos, n_dev=n_dev, n_test=n_test, n_baseline=n_baseline, test_queries=test_queries,
         baseline_queries=baseline_queries, predictions=predictions,
-        theta_test=theta_test[:, best_layer, :].float().numpy(),
+        theta_test=theta_test[:, best_layer, :].float().numpy(), hits=scored,
     )
 
 
@@ -307,7 +319,8 @@ class ConflictResult:
     """Demonstrations of task A, ``theta(S_B)`` patched in at ``layer``: accuracy on A's and B's answers.
 
     ``a_before``/``b_before``: the unpatched prompt ``[S_A, x]``; ``a_after``/``b_after``: with the patch.
-    The paper's finding is ``b_after`` high (the model follows the vector) while ``a_before`` was high.
+    The paper's finding is ``b_after`` high (the model follows the vector) while ``a_before`` was high. ``hits``
+    holds the per-prompt bool arrays behind the four accuracies (one prompt per set: :meth:`interval` is Wilson).
     """
 
     a_before: float
@@ -318,6 +331,13 @@ class ConflictResult:
     n_sets: int
     predictions_before: list[str]
     predictions_after: list[str]
+    hits: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+
+    def interval(self, which: str, level: float = 0.95) -> Interval:
+        """``"a_before"``, ``"b_before"``, ``"a_after"`` or ``"b_after"`` with its Wilson interval."""
+        if which not in self.hits:
+            raise ValueError(f"which must be one of {sorted(self.hits)}, got {which!r}")
+        return accuracy_interval(self.hits[which], level)
 
 
 def conflicting_tasks(
@@ -363,10 +383,11 @@ def conflicting_tasks(
                                 run.method)[:, 0])
     qa = [(x, answer_a[x]) for x in queries]
     qb = [(x, answer_b[x]) for x in queries]
+    scored = {"a_before": hits(before, qa, scorer_a), "b_before": hits(before, qb, scorer_b),
+              "a_after": hits(after, qa, scorer_a), "b_after": hits(after, qb, scorer_b)}
     return ConflictResult(
-        a_before=accuracy(before, qa, scorer_a), b_before=accuracy(before, qb, scorer_b),
-        a_after=accuracy(after, qa, scorer_a), b_after=accuracy(after, qb, scorer_b),
-        layer=layer, n_sets=n_sets, predictions_before=before, predictions_after=after,
+        **{which: float(h.mean()) for which, h in scored.items()},
+        layer=layer, n_sets=n_sets, predictions_before=before, predictions_after=after, hits=scored,
     )
 
 

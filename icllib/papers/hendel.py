@@ -1,6 +1,4 @@
-"""The papers' own numbers that the chapters compare with, in one place, each with its source.
-
-Hendel, Geva & Globerson (2023), "In-Context Learning Creates Task Vectors" (Findings of EMNLP 2023,
+"""Hendel, Geva & Globerson (2023), "In-Context Learning Creates Task Vectors" (Findings of EMNLP 2023,
 arXiv 2310.15916): the numbers below were read from the paper and from the result tables committed to its
 reference code (github.com/roeehendel/icl_task_vectors); ``shared/papers/hendel2023.md`` has the notes.
 Accuracies are fractions of one greedy token judged by the task's rule, with 5 demonstrations unless stated.
@@ -52,6 +50,16 @@ PAPER_CONFLICTS: dict[str, tuple[float, float, float, float]] = {
     "present_past": (0.98, 0.00, 0.01, 0.97),
     "en_es": (0.93, 0.04, 0.91, 0.07),
 }
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters 05 and 06 add their numbers below this line (and their sources to SOURCES).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters 07 and 08 add their numbers below this line (and their sources to SOURCES).
+# ---------------------------------------------------------------------------------------------------------------
+
 
 _HENDEL = "Hendel, Geva & Globerson (2023), arXiv 2310.15916"
 #: Where each table comes from.

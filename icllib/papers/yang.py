@@ -1,0 +1,26 @@
+"""Yang, Huang, Liang & Chi (2024), "In-Context Learning with Representations: Contextual Generalization of Trained
+Transformers" (NeurIPS 2024, arXiv 2408.10147): the settings and numbers the book reproduces.
+
+No code was released; ``shared/papers/yang2024.md`` has the notes (what the paper states, and what it leaves
+unstated, such as tau for Figures 2, 4 and 5). Each constant says where in the paper it comes from.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SOURCES"]
+
+_YANG = "Yang, Huang, Liang & Chi (2024), arXiv 2408.10147"
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters 01, 02 and 09 add their numbers below this line (and their sources to SOURCES).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chapters 03 and 04 add their numbers below this line (and their sources to SOURCES).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+#: Where each constant comes from.
+SOURCES: dict[str, str] = {
+}
