@@ -9,7 +9,7 @@ a prompt that shows no demonstrations, makes the model do the task. The package,
   (:func:`attention_outputs`), the mean activations ``abar_{lj}`` over clean prompts (:func:`head_activations`),
   each head's output in the residual stream (:func:`head_outputs`), the ranking (:func:`top_heads`) and
   ``v_t = sum_{(l, j) in A} W_O^l[:, j] abar_{lj}`` (:func:`function_vector`);
-- ``mediation``: corrupted prompts (:func:`draw_prompts`), the indirect effect of every head
+- ``mediation``: corrupted prompts (:func:`draw_prompts`, :func:`shuffle_labels`), the indirect effect of every head
   (:func:`indirect_effects`, batched over heads with the prompt's prefix cached) and its average over prompts
   (:func:`head_effects`);
 - ``protocol``: adding a vector after a block (:func:`add_vector_predictions`, :func:`generate`) and the evaluation
@@ -23,7 +23,8 @@ output projections) and its batching; it runs on every architecture :mod:`icllib
 
 from icllib.function_vectors.heads import (AttentionOutputs, attention_outputs, function_vector, head_activations,
                                            head_outputs, read_heads, top_heads, write_heads)
-from icllib.function_vectors.mediation import METHODS, answer_ids, draw_prompts, head_effects, indirect_effects
+from icllib.function_vectors.mediation import (METHODS, answer_ids, draw_prompts, head_effects, indirect_effects,
+                                               shuffle_labels)
 from icllib.function_vectors.protocol import (TEMPLATES, FunctionVectorResult, add_vector_predictions,
                                               contains_answer, evaluate, generate, split_queries)
 
@@ -38,6 +39,7 @@ __all__ = [
     "function_vector",
     "METHODS",
     "draw_prompts",
+    "shuffle_labels",
     "answer_ids",
     "indirect_effects",
     "head_effects",

@@ -230,7 +230,8 @@ def top_heads(effects, k: int) -> list[tuple[int, int]]:
     """
     effects = torch.as_tensor(effects) if not isinstance(effects, torch.Tensor) else effects
     if effects.ndim != 2 or not effects.is_floating_point():
-        raise ValueError(f"effects must be a floating-point (n_blocks, n_heads) array, got shape {tuple(effects.shape)}")
+        raise ValueError(f"effects must be a floating-point (n_blocks, n_heads) array, "
+                         f"got shape {tuple(effects.shape)}")
     k = check_int("k", k, minimum=1, maximum=effects.numel())
     order = torch.argsort(effects.reshape(-1).double(), descending=True, stable=True)[:k]
     return [(int(i) // effects.shape[1], int(i) % effects.shape[1]) for i in order]

@@ -36,7 +36,7 @@ from icllib.task_vectors.hooks import blocks_at, check_layers, read_last, record
 from icllib.task_vectors.sweeps import check_method
 from icllib.function_vectors.heads import AttentionOutputs, _activations, attention_outputs, write_heads
 
-__all__ = ["draw_prompts", "answer_ids", "indirect_effects", "head_effects", "METHODS"]
+__all__ = ["draw_prompts", "shuffle_labels", "answer_ids", "indirect_effects", "head_effects", "METHODS"]
 
 Pair = tuple[str, str]
 #: The implementations of the mediation pass (see the module docstring).
@@ -70,6 +70,13 @@ def draw_prompts(pairs: Sequence[Pair], n_prompts: int, n_demos: int, rng: np.ra
     if shuffle_labels:
         drawn = [(_shuffled(demos, rng), query) for demos, query in drawn]
     return drawn
+
+
+def shuffle_labels(demos: Sequence[Pair], rng: np.random.Generator) -> list[Pair]:
+    """The demonstrations with their answers permuted among them (a random permutation drawn from ``rng``)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return _shuffled(check_pairs("demos", demos), rng)
 
 
 def _shuffled(demos: list[Pair], rng: np.random.Generator) -> list[Pair]:
@@ -148,7 +155,8 @@ def _probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _group_patches(outputs: AttentionOutputs, layers: list[int], n_prompts: int, means: torch.Tensor) -> dict:
     """Rows ``p * G + i * H + j`` (prompt p, i-th block of the group, head j; G = len(layers) * H) patch head j of
-    block ``layers[i]`` with ``means[layers[i], j]``: the ``patches`` of :func:`write_heads`."""
+    block ``layers[i]`` with ``means[layers[i], j]``: the ``patches`` of
+    :func:`icllib.function_vectors.heads.write_heads`."""
     n_heads, g = outputs.n_heads, len(layers) * outputs.n_heads
     heads = torch.arange(n_heads).repeat(n_prompts)
     patches = {}

@@ -230,8 +230,9 @@ def evaluate(
     Seeded by ``seed``: :func:`split_queries` holds out ``query_fraction`` of ``pairs`` (first ``n_dev`` dev and
     ``n_test`` test queries, all when None); ``n_mean_prompts`` clean prompts of ``n_demos`` training pairs give
     ``abar_{lj}``; ``n_prompts`` shuffled-label prompts the indirect effects, unless ``effects`` (L, H) is given
-    (e.g. the mean over tasks, as the paper ranks heads); ``v_t`` sums the ``n_heads`` top heads (:func:`top_heads`,
-    :func:`function_vector`). ``layer=None`` adds it after the block with the best dev accuracy of ``[x] + v_t``.
+    (e.g. the mean over tasks, as the paper ranks heads); ``v_t`` sums the ``n_heads`` top heads
+    (:func:`icllib.function_vectors.heads.top_heads`, :func:`icllib.function_vectors.heads.function_vector`).
+    ``layer=None`` adds it after the block with the best dev accuracy of ``[x] + v_t``.
     Test prompts draw their demonstrations from the training pairs; ``scorer(prediction, x, y)`` judges one
     greedy token (default exact match; a ``lang_tasks.Task`` scores by its own rule) and, through
     :func:`contains_answer`, the ``n_new`` generated tokens of each natural-text template (``{x}`` = the query).

@@ -10,8 +10,9 @@ one-head patch of the causal-mediation pass and the function-vector addition, ea
 - :func:`add_vector_predictions`: the greedy next token with ``v`` added to block ``l``'s output at the last
   position (``icllib``: :func:`icllib.task_vectors.patch_last_position` with ``mode="add"``).
 
-The modules are found by the same structural search as the rest of the package (:func:`attention_outputs`,
-:func:`icllib.llm.model_parts`), and reached in the wrapped model by their path. ``nnsight`` is an optional
+The modules are found by the same structural search as the rest of the package
+(:func:`icllib.function_vectors.heads.attention_outputs`, :func:`icllib.llm.model_parts`), and reached in the wrapped
+model by their path. ``nnsight`` is an optional
 dependency (the ``test`` and ``book`` extras) and is imported here only when a function runs: importing it patches
 ``torch.Tensor.backward`` for the whole process.
 """
