@@ -110,9 +110,9 @@ def indirect_effects(
     (default all L).
 
     ``prompts`` are (usually corrupted) prompts, ``answers`` (n_prompts,) the token ids whose probability is read
-    (:func:`answer_ids`), ``mean_activations`` (L, H, D) the values patched in (:func:`icllib.function_vectors.
-    head_activations` averaged over clean prompts). ``max_rows`` bounds the rows of one forward; ``batch_size``
-    the prompts run together.
+    (:func:`answer_ids`), ``mean_activations`` (L, H, D) the values patched in
+    (:func:`icllib.function_vectors.heads.head_activations` averaged over clean prompts). ``max_rows`` bounds the
+    rows of one forward; ``batch_size`` the prompts run together.
     """
     prompts, fmt = check_prompts(prompts), check_format(fmt)
     outputs = attention_outputs(model)

@@ -16,8 +16,8 @@ __all__ = ["TABLE2", "TABLE2_SE", "TABLE2_TASKS", "N_HEADS", "FV_LAYER", "N_LAYE
 TABLE2_TASKS: tuple[str, ...] = ("antonym", "capitalize", "country-capital", "english-french", "present-past",
                                  "singular-plural")
 
-#: Table 2, mean over its six tasks: (shuffled-label, zero-shot) accuracy of the model alone and with an added vector.
-#: "+ layer mean" is the mean last-token residual state over ICL prompts (their Section 2.1), the "+ FV" rows add the
+#: Table 2, mean over its six tasks, as (shuffled-label, zero-shot) accuracy of the model alone and with an added
+#: vector. "+ layer mean" is the mean last-token residual state over ICL prompts (their Section 2.1), the "+ FV" rows add the
 #: function vector at about a third of the depth.
 TABLE2: dict[str, tuple[float, float]] = {
     "GPT-J": (0.391, 0.055),
@@ -38,16 +38,16 @@ TABLE2_SE: dict[str, tuple[float, float]] = {
     "Llama 2 70B": (0.022, 0.007),
     "Llama 2 70B + FV": (0.005, 0.007),
 }
-#: |A|, the number of heads summed into the function vector (paper, footnote 1 and Appendix C).
+#: The number of heads summed into the function vector, ``|A|`` (paper, footnote 1 and Appendix C).
 N_HEADS: dict[str, int] = {"GPT-J": 10, "Llama 2 7B": 20, "Llama 2 13B": 50, "GPT-NeoX": 50, "Llama 2 70B": 100}
-#: The block after which the function vector is added (0-based, about |L| / 3; Appendix C).
+#: The block after which the function vector is added (0-based, about a third of the blocks; Appendix C).
 FV_LAYER: dict[str, int] = {"GPT-J": 9, "GPT-NeoX": 15, "Llama 2 7B": 11, "Llama 2 13B": 14, "Llama 2 70B": 26}
 #: Blocks and heads per block of those models.
 N_LAYERS: dict[str, int] = {"GPT-J": 28, "GPT-NeoX": 44, "Llama 2 7B": 32, "Llama 2 13B": 40, "Llama 2 70B": 80}
 N_HEADS_PER_LAYER: dict[str, int] = {"GPT-J": 16, "GPT-NeoX": 64, "Llama 2 7B": 32, "Llama 2 13B": 40,
                                      "Llama 2 70B": 64}
-#: The protocol's counts: demonstrations per prompt, clean prompts behind each mean activation, corrupted prompts
-#: per task behind each indirect effect (Appendix C; the reference code's defaults since its PR #20).
+#: The protocol's counts, demonstrations per prompt, clean prompts behind each mean activation and corrupted
+#: prompts per task behind each indirect effect (Appendix C; the reference code's defaults since its PR #20).
 N_DEMOS = 10
 N_MEAN_PROMPTS = 100
 N_CORRUPTED_PROMPTS = 25
@@ -57,7 +57,7 @@ MAX_AIE: dict[str, float] = {"GPT-J": 0.053, "Llama 2 7B": 0.047, "Llama 2 70B":
 #: (the reference code's ``compute_universal_function_vector``).
 GPTJ_TOP_HEADS: tuple[tuple[int, int], ...] = ((15, 5), (9, 14), (12, 10), (8, 1), (11, 0), (13, 13), (8, 0),
                                                (14, 9), (9, 2), (24, 6))
-#: Over 20 other prompt templates (Table 8), GPT-J: (shuffled-label, zero-shot) accuracy without and with the FV.
+#: GPT-J's (shuffled-label, zero-shot) accuracy without and with the FV, over 20 other prompt templates (Table 8).
 TEMPLATES_GPTJ: dict[str, tuple[float, float]] = {"GPT-J": (0.323, 0.062), "GPT-J + FV": (0.762, 0.400)}
 
 _TODD = "Todd et al. (2024), arXiv 2310.15213v2"
