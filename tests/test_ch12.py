@@ -62,3 +62,13 @@ def test_head_space_identities(tiny):
     assert space["top_var"] == pytest.approx(space["all_var"])
     later = ch12.head_space(model, acts, [(2, 0)], layer=1, n_random=3)  # a head after block L carries nothing
     assert later["n_top"] == 0 and later["top_share"] == 0.0 and later["random_share"] == 0.0
+
+
+def test_todd_numbers_have_sources():
+    from icllib.papers import todd
+
+    assert set(todd.SOURCES) == set(todd.__all__) - {"SOURCES"}
+    assert set(todd.TABLE2) == set(todd.TABLE2_SE)
+    assert all(0 <= a <= 1 and 0 <= b <= 1 for a, b in todd.TABLE2.values())
+    assert all(todd.FV_LAYER[m] < todd.N_LAYERS[m] for m in todd.FV_LAYER)
+    assert len(todd.GPTJ_TOP_HEADS) == todd.N_HEADS["GPT-J"]
