@@ -49,9 +49,10 @@ book-full: $(STAMP)
 	ICL_FULL=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/full
 	@echo "The full edition is at: file://$(CURDIR)/_build/full/_build/html/index.html"
 
-# Compute the full edition's records at the papers' size (CUDA when present): `make record CHAPTERS=03,04`.
+# Compute the records at the papers' size (CUDA when present) and at the CI size (for the reproduction table):
+# `make record CHAPTERS=03,04`, `make record CHAPTERS=05 EDITION=full`.
 record: $(STAMP)
-	$(BIN)/python -m icllib.records $(CHAPTERS)
+	$(BIN)/python -m icllib.records $(CHAPTERS) $(if $(EDITION),--edition $(EDITION))
 
 test: $(STAMP)
 	$(MAKE) --no-print-directory unit pairing notebooks html-check

@@ -91,10 +91,13 @@ class Record:
 # Where and in which edition
 # ----------------------------------------------------------------------------------------------------------------
 def mode() -> str:
-    """``"live"``, ``"record"``, ``"replay"`` or ``"compute"``, from ``ICL_FULL``, ``ICL_RECORD``, ``ICL_COMPUTE``."""
+    """``"live"``, ``"record"``, ``"record-ci"``, ``"replay"`` or ``"compute"``, from ``ICL_FULL``, ``ICL_RECORD``
+    and ``ICL_COMPUTE``. ``"record-ci"`` (``ICL_RECORD=1`` without ``ICL_FULL``) records the CI-size results too,
+    under ``records/chNN/ci/``, for the reproduction table that sets both editions side by side."""
+    recording = os.environ.get("ICL_RECORD", "").strip() == "1"
     if not settings.full_size():
-        return "live"
-    if os.environ.get("ICL_RECORD", "").strip() == "1":
+        return "record-ci" if recording else "live"
+    if recording:
         return "record"
     if os.environ.get("ICL_COMPUTE", "").strip() == "1":
         return "compute"
@@ -118,6 +121,12 @@ def _paths(name: str) -> tuple[Path, Path]:
         raise ValueError(f"name must be a relative record name such as 'ch03/four-layer', got {name!r}")
     base = records_dir() / name
     return base.with_suffix(".json"), base.with_suffix(".npz")
+
+
+def ci_name(name: str) -> str:
+    """Where the CI-size twin of record ``name`` lives: ``"ch05/tasks"`` -> ``"ch05/ci/tasks"``."""
+    head, _, rest = name.partition("/")
+    return f"{head}/ci/{rest}" if rest else f"ci/{head}"
 
 
 def _chapter(name: str) -> str:
@@ -355,9 +364,9 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
     if current in ("live", "compute"):
         return cache.cached_call(fn, *args, **kwargs)
     arguments = describe_arguments(fn, *args, **kwargs)
-    if current == "record":
+    if current in ("record", "record-ci"):
         value, wall_s = cache.timed_call(fn, *args, **kwargs)  # resumable: a finished step is read back
-        write(name, value, arguments, provenance(fn, wall_s))
+        write(name if current == "record" else ci_name(name), value, arguments, provenance(fn, wall_s))
         return value
     if not json_path.is_file() and name in pending():
         entry = pending()[name]
@@ -376,16 +385,27 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # `make record`: run chapters as scripts at the papers' size, writing their records
 # ----------------------------------------------------------------------------------------------------------------
-def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = None) -> None:
-    """Run each chapter (``"03"`` or ``"03_ridge_generalisation"``) as a script with ``ICL_FULL=1 ICL_RECORD=1``.
+def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = None,
+                    editions: tuple[str, ...] = ("full", "ci")) -> None:
+    """Run each chapter (``"03"`` or ``"03_ridge_generalisation"``) as a script with ``ICL_RECORD=1``: at the
+    papers' size (``"full"``, ``ICL_FULL=1``) and at the CI size (``"ci"``, whose records under
+    ``records/chNN/ci/`` feed the reproduction table).
 
-    The chapter's own cells compute, write their records and check their asserts at the papers' size. Every step
-    is cached, so a run cut off by a time limit resumes where it stopped.
+    The chapter's own cells compute, write their records and check their asserts at each size. Every step is
+    cached, so a run cut off by a time limit resumes where it stopped.
     """
     root = settings.repository_root()
     if root is None:
         raise RecordError("make record runs in a checkout of the book's repository")
-    env = {**os.environ, **(environ or {}), "ICL_FULL": "1", "ICL_RECORD": "1", "MPLBACKEND": "Agg"}
+    for edition in editions:
+        if edition not in ("full", "ci"):
+            raise ValueError(f"editions must hold 'full' and/or 'ci', got {edition!r}")
+        env = {**os.environ, **(environ or {}), "ICL_FULL": "1" if edition == "full" else "0", "ICL_RECORD": "1",
+               "MPLBACKEND": "Agg"}
+        _run_scripts(root, chapters, env, edition)
+
+
+def _run_scripts(root: Path, chapters: list[str], env: Mapping[str, str], edition: str) -> None:
     for chapter in chapters:
         matches = sorted((root / "chapters").glob(f"{chapter}*.md"))
         if len(matches) != 1:
@@ -394,14 +414,17 @@ def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = Non
         script.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--to", "py:percent", "-o", str(script),
                         str(matches[0])], check=True)
-        print(f"== recording {matches[0].stem}", flush=True)
+        print(f"== recording {matches[0].stem} ({edition} size)", flush=True)
         start = time.perf_counter()
         subprocess.run([sys.executable, str(script)], cwd=root / "chapters", env=env, check=True)
         print(f"== {matches[0].stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    wanted = [c for arg in sys.argv[1:] for c in arg.replace(",", " ").split()]
+    # python -m icllib.records [CHAPTERS ...] [--edition full|ci]   (default: every chapter, both sizes)
+    words = [w for arg in sys.argv[1:] for w in arg.replace(",", " ").split()]
+    chosen = tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--edition") or ("full", "ci")
+    wanted = [w for i, w in enumerate(words) if w != "--edition" and (i == 0 or words[i - 1] != "--edition")]
     if not wanted:
         wanted = sorted(p.name[:2] for p in (settings.repository_root() / "chapters").glob("[0-9][0-9]_*.md"))
-    record_chapters(wanted)
+    record_chapters(wanted, editions=chosen)

@@ -172,3 +172,12 @@ def test_sanity_check_says_what_it_is(capsys):
         book.sanity_check(False, "broken")
     with pytest.raises(ValueError, match="what must be a non-empty description"):
         book.sanity_check(True, "")
+
+
+def test_record_ci_writes_the_ci_twin(env, tmp_path):
+    env.setenv("ICL_RECORD", "1")
+    env.setenv("ICL_FULL", "0")
+    assert records.mode() == "record-ci"
+    records.result("ch99/run", train_like, 3)
+    assert (tmp_path / "records/ch99/ci/run.json").is_file() and not (tmp_path / "records/ch99/run.json").exists()
+    assert records.read(records.ci_name("ch99/run")).value["steps"] == 3
