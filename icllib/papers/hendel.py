@@ -7,6 +7,7 @@ Accuracies are fractions of one greedy token judged by the task's rule, with 5 d
 from __future__ import annotations
 
 __all__ = ["PAPER_AVERAGES", "PAPER_CATEGORIES", "PAPER_LAYER_PEAKS", "PAPER_TV_SHARE_OF_ICL", "PAPER_CONFLICTS",
+           "PAPER_MODEL_PARAMETERS", "PAPER_GEOMETRY", "PAPER_CONFLICT_PAIRS", "PAPER_CONFLICT_SETUP", "PAPER_TOP_TOKENS",
            "SOURCES"]
 
 #: Mean (baseline, task vector, ICL) accuracy over the 18 tasks per model in Hendel et al. (2023), 5 demonstrations.
@@ -59,6 +60,28 @@ PAPER_CONFLICTS: dict[str, tuple[float, float, float, float]] = {
 # ---------------------------------------------------------------------------------------------------------------
 # Chapters 07 and 08 add their numbers below this line (and their sources to SOURCES).
 # ---------------------------------------------------------------------------------------------------------------
+#: Parameter counts of the paper's models that Part II compares the book's model with (LLaMA 1).
+PAPER_MODEL_PARAMETERS: dict[str, float] = {"LLaMA 7B": 6.7e9, "LLaMA 13B": 13.0e9}
+#: The geometry figure (t-SNE of theta, histograms of cosine distances): model, demonstration sets per task,
+#: demonstrations per set, dummy queries per set, the range of blocks the layer was chosen in, number of blocks.
+PAPER_GEOMETRY: dict[str, object] = {"model": "LLaMA 7B", "n_sets": 50, "n_demos": 4, "n_dummies": 2,
+                                     "blocks": (10, 19), "n_layers": 32}
+#: Section 5's pairs (A, B) in the paper's order: demonstrations of A, the task vector of B.
+PAPER_CONFLICT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("next_letter", "to_upper"), ("list_last", "list_first"), ("prev_letter", "next_letter"),
+    ("present_past", "present_gerund"), ("en_es", "en_fr"),
+)
+#: Section 5's set-up in the reference code: model, demonstrations per prompt, prompts (and sets of B) per pair.
+#: The block is chosen on the same sets of B whose vectors are patched (their vectors in B's bare queries).
+PAPER_CONFLICT_SETUP: dict[str, object] = {"model": "LLaMA 13B", "n_demos": 4, "n_prompts": 100}
+#: Section 6's vocabulary projections: the first tokens of the released table for the rows the book quotes.
+PAPER_TOP_TOKENS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GPT-J 6B", "present_gerund"): ("getting", "working", "storing", "playing", "making"),
+    ("GPT-J 6B", "country_capital"): ("London", "Paris", "West", "South", "Berlin"),
+    ("LLaMA 13B", "country_capital"): ("Paris", "cities", "its", "capital", "Isabel", "Madrid"),
+    ("Pythia 12B", "country_capital"): ("in", "the", "a", "N", "and", "C"),
+    ("Pythia 12B", "prev_letter"): ("r", "b", "a", "m", "d", "p"),
+}
 
 
 _HENDEL = "Hendel, Geva & Globerson (2023), arXiv 2310.15916"
@@ -69,4 +92,10 @@ SOURCES: dict[str, str] = {
     "PAPER_TV_SHARE_OF_ICL": f"{_HENDEL}, mean over the reference code's 126 model-task results",
     "PAPER_LAYER_PEAKS": f"{_HENDEL}, Figure 3 and the reference code's layer-sweep tables",
     "PAPER_CONFLICTS": f"{_HENDEL}, Section 5, and the reference code's conflict results for LLaMA 13B",
+    "PAPER_MODEL_PARAMETERS": "Touvron et al. (2023), LLaMA, Table 2 (6.7B and 13.0B parameters)",
+    "PAPER_GEOMETRY": f"{_HENDEL}, Section 4.1 and Figure 4 (t-SNE, LLaMA 7B, layers 10-19 of 32)",
+    "PAPER_CONFLICT_PAIRS": f"{_HENDEL}, Section 5; scripts/experiments/overriding.py, OVERRIDING_TASK_PAIRS",
+    "PAPER_CONFLICT_SETUP": f"{_HENDEL}, Section 5; scripts/experiments/overriding.py (num_examples=4, "
+                            f"100 overriding datasets, seed 41)",
+    "PAPER_TOP_TOKENS": f"{_HENDEL}, Section 6; outputs/figures/top_tokens_table.tex of the reference code",
 }
