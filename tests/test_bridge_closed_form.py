@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icllib import basis, bridge, kernels
+from icllib import bridge, kernels
+from icllib.experiments import ch01
 
 K, D, M, N, TAU = 16, 6, 3, 7, 0.2
 
@@ -16,9 +17,7 @@ def _gen(seed: int) -> torch.Generator:
 
 @pytest.fixture(scope="module")
 def Z_all():
-    gen = _gen(0)
-    tokens = basis.gaussian_dictionary(K, D, gen)
-    return basis.GaussianLookupFeatures(tokens, M, gen)(tokens)
+    return ch01.paper_dictionary(K, D, M, seed=0)[1]
 
 
 def test_transplant_carries_the_source_task_vector_and_stays_nearest(Z_all):
