@@ -53,7 +53,7 @@ def _model(tokens, Z_all, n_labeled: int, n_heads: int, seed: int) -> tuple[OneL
 def initial_smoothness(tokens, Z_all, ks, n_labeled: int, n_heads: int, tau: float, gamma2: float, seeds,
                        n_iter: int = 20) -> dict:
     """ell_0 for every dictionary size K in ``ks`` (the first K tokens of ``tokens``) and initialisation in ``seeds``:
-    the largest |eigenvalue| of the Hessian at initialisation (:func:`icllib.theory.smoothness_estimate`).
+    the largest absolute eigenvalue of the Hessian at initialisation (:func:`icllib.theory.smoothness_estimate`).
 
     Returns ``{(K, seed): ell_0}``.
     """

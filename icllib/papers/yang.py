@@ -14,8 +14,8 @@ _YANG = "Yang, Huang, Liang & Chi (2024), arXiv 2408.10147"
 # ---------------------------------------------------------------------------------------------------------------
 # Chapters 01, 02 and 09 add their numbers below this line (and their sources to SOURCES).
 # ---------------------------------------------------------------------------------------------------------------
-#: The setting of the paper's experiments: K dictionary tokens, N labelled, tokens in R^d, m basis functions, and H
-#: heads of the one-layer model (Figure 2(a)). The noise level tau of these figures is not stated.
+#: The setting of the paper's experiments (Figure 2(a)), as a dict of sizes. K dictionary tokens, N of them labelled,
+#: tokens in R^d, m basis functions, H heads of the one-layer model. The noise level tau is not stated.
 SETTING: dict[str, int] = {"K": 200, "N": 30, "d": 100, "m": 20, "H": 64}
 
 
