@@ -16,7 +16,8 @@ K = 200, d = 100, m = 20, H = 64, tau = 0.1) it measures
    Monte-Carlo Adam step (batches of 256) in each precision of ``train.PRECISIONS``: float32 (the baseline), TF32 and
    bfloat16 autocast, from the same initialisation on the same batches, with the time per step and the losses after
    the run relative to float32. On CUDA all three run; without CUDA it says so, measures float32 and bfloat16 on
-   the CPU for a few steps, and skips TF32 (a CUDA tensor-core mode). ``--section precision`` runs only this part.
+   the CPU for a few steps on batches of 16, and skips TF32 (a CUDA tensor-core mode). ``--section precision``
+   runs only this part.
 
 Times are training seconds (evaluations excluded), on whatever cores this machine gives; only the ratios travel.
 """
@@ -97,7 +98,7 @@ def time_step(n_heads: int, n_tokens: int, mode: str = "autograd", dtype=torch.f
     return 1e3 * sorted(times)[len(times) // 2]
 
 
-def four_layer_precision(steps: int, device: str) -> list[dict]:
+def four_layer_precision(steps: int, device: str, batch_size: int = 256) -> list[dict]:
     """Train the paper-width four-layer transformer for ``steps`` Adam steps in each precision; per precision: ms per
     step and the final training and in-domain inference losses (all from one initialisation and one batch order)."""
     p = PAPER
@@ -111,7 +112,7 @@ def four_layer_precision(steps: int, device: str) -> list[dict]:
         model = MultiLayerTransformer(tokens, p["n_labeled"], 256, 4, 8, 512,
                                       generator=torch.Generator().manual_seed(4)).to(device)
         n = min(steps, 2) if precision == "warm-up" else steps
-        hist = train.train_adam_monte_carlo(model, Z_all, p["tau"], n, 10_000, 256, 1e-4, eval_every=n,
+        hist = train.train_adam_monte_carlo(model, Z_all, p["tau"], n, 10_000, batch_size, 1e-4, eval_every=n,
                                             test_prompts=test, generator=torch.Generator().manual_seed(5),
                                             precision="float32" if precision == "warm-up" else precision,
                                             progress=False)
@@ -122,12 +123,13 @@ def four_layer_precision(steps: int, device: str) -> list[dict]:
     return rows
 
 
-def print_precision(rows: list[dict], device: str, steps: int) -> None:
+def print_precision(rows: list[dict], device: str, steps: int, batch_size: int) -> None:
     base = rows[0]
     print(f"\nFour-layer transformer at the paper's width, {steps} Monte-Carlo Adam steps on {device} "
-          f"(batches of 256; ratios against float32 in this run)")
+          f"(batches of {batch_size}; ratios against float32 in this run)")
     if not device.startswith("cuda"):
-        print("CUDA absent: measuring what a CPU can (float32 and bfloat16 autocast); TF32 is not measured.")
+        print("CUDA absent: measuring what a CPU can (float32 and bfloat16 autocast, on small batches); TF32 is not "
+              "measured. The records that need these runs wait for a GPU (records/ch03, ch04 pending.json).")
     print(f"{'precision':<10}{'ms/step':>10}{'speed-up':>10}{'train loss':>13}{'rel. diff':>11}{'in-domain':>12}"
           f"{'rel. diff':>11}")
     for r in rows:
@@ -149,9 +151,12 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision_steps = (20 if args.quick else 200) if device == "cuda" else (2 if args.quick else 4)
+    # A CPU takes seconds for one step of the paper's batch: there it measures a few steps on batches of 16.
+    precision_steps = (20 if args.quick else 200) if device == "cuda" else (1 if args.quick else 3)
+    precision_batch = 256 if device == "cuda" else 16
     if args.section == "precision":
-        print_precision(four_layer_precision(precision_steps, device), device, precision_steps)
+        print_precision(four_layer_precision(precision_steps, device, precision_batch), device, precision_steps,
+                        precision_batch)
         return
     cap_exact, cap_mc = (60.0, 15.0) if args.quick else (600.0, 60.0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper size {PAPER}")
@@ -211,14 +216,15 @@ def main() -> None:
           f"(H x K grew {heads[-1] * tokens[-1] / (heads[0] * tokens[0]):.0f}x)")
 
     # 4. The paper-width four-layer transformer in each precision.
-    precision = four_layer_precision(precision_steps, device)
-    print_precision(precision, device, precision_steps)
+    precision = four_layer_precision(precision_steps, device, precision_batch)
+    print_precision(precision, device, precision_steps, precision_batch)
 
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     record = {"quick": args.quick, "step_variants": rows, "time_to_target": results,
               "step_grid": {str(h): dict(zip(map(str, tokens), v, strict=True)) for h, v in grid.items()},
-              "four_layer_precision": {"device": device, "steps": precision_steps, "rows": precision}}
+              "four_layer_precision": {"device": device, "steps": precision_steps, "batch_size": precision_batch,
+                                       "rows": precision}}
     (out / "bench_part1.json").write_text(json.dumps(record, indent=2))
 
 

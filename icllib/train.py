@@ -450,12 +450,12 @@ def _step_precision(precision: str, device: torch.device) -> Iterator[None]:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
     elif precision == "tf32" and device.type == "cuda":
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")  # float32 matrix products in TF32 on tensor cores
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+            torch.set_float32_matmul_precision(saved)
     else:
         yield
 
