@@ -181,3 +181,13 @@ def test_record_ci_writes_the_ci_twin(env, tmp_path):
     records.result("ch99/run", train_like, 3)
     assert (tmp_path / "records/ch99/ci/run.json").is_file() and not (tmp_path / "records/ch99/run.json").exists()
     assert records.read(records.ci_name("ch99/run")).value["steps"] == 3
+
+
+def test_names_with_dots_keep_their_whole_name(env, tmp_path):
+    # ch09 names its runs by tau ("train-tau0.5-seed1"): the dot is part of the name, not a file extension.
+    records.write("ch99/run-tau0.5-seed1", {"x": np.arange(2.0)}, {"tau": 0.5}, {})
+    records.write("ch99/run-tau0.1-seed1", {"x": np.arange(3.0)}, {"tau": 0.1}, {})
+    assert (tmp_path / "records/ch99/run-tau0.5-seed1.json").exists()
+    assert (tmp_path / "records/ch99/run-tau0.5-seed1.npz").exists()
+    assert len(records.read("ch99/run-tau0.5-seed1").value["x"]) == 2
+    assert len(records.read("ch99/run-tau0.1-seed1").value["x"]) == 3
