@@ -117,7 +117,8 @@ def _paths(name: str) -> tuple[Path, Path]:
     if not isinstance(name, str) or not name or name.startswith("/") or ".." in name or "\\" in name:
         raise ValueError(f"name must be a relative record name such as 'ch03/four-layer', got {name!r}")
     base = records_dir() / name
-    return base.with_suffix(".json"), base.with_suffix(".npz")
+    # Names may hold dots (``ch09/train-tau0.5-seed1``): append the extension, never replace a "suffix".
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".npz")
 
 
 def _chapter(name: str) -> str:
