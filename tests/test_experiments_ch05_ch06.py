@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icllib import lang_tasks, papers, stats, testing
+from icllib import lang_tasks, papers, records, stats, testing
 from icllib import task_vectors as tv
 from icllib.experiments import ch05, ch06
 from icllib.task_vectors import controls
@@ -135,3 +135,39 @@ def test_the_papers_per_task_table_agrees_with_its_summaries():
     assert all(name in papers.hendel.SOURCES for name in ("PAPER_PER_TASK", "PAPER_TV_AT_LEAST_ICL",
                                                           "PAPER_PROMPT_FORMAT", "PAPER_N_DUMMIES"))
     assert isinstance(stats.wilson(*papers.hendel.PAPER_TV_AT_LEAST_ICL), stats.Interval)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Records: what chapters 5 and 6 record comes back from replay as it was made
+# ----------------------------------------------------------------------------------------------------------------
+def test_the_chapters_results_record_and_replay(model, tok, monkeypatch, tmp_path):
+    monkeypatch.setenv("ICL_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setenv("ICL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ICL_FULL", "1")
+    sizes = {k: v for k, v in SIZES.items() if k != "n_baseline"}
+    calls = [("ch05/tasks", ch05.evaluate_tasks, (model, tok, TASKS), SIZES),
+             ("ch05/controls", ch05.task_controls, (model, tok, TASKS), SIZES),
+             ("ch06/answers", ch06.answer_curves, (model, tok, TASKS), sizes),
+             ("ch06/formats", ch06.format_ablation, (model, tok, TASKS, ["bare", "example"]), SIZES)]
+    monkeypatch.setenv("ICL_RECORD", "1")
+    made = {name: records.result(name, fn, *args, **kwargs) for name, fn, args, kwargs in calls}
+    monkeypatch.setenv("ICL_RECORD", "0")
+    for name, fn, args, kwargs in calls:
+        replayed = records.result(name, fn, *args, **kwargs)
+        assert _plain(replayed) == _plain(made[name]), name
+    assert (tmp_path / "records/ch05/tasks.npz").is_file()
+    size = sum(p.stat().st_size for p in (tmp_path / "records").rglob("*"))
+    assert size < 100_000, size  # slim: hits and curves, no task vectors
+
+
+def _plain(value):
+    """Results as comparable plain data (arrays as lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return np.nan_to_num(value.astype(float), nan=-1.0).tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value
