@@ -1,8 +1,8 @@
 """The reproduction table: each headline claim of the papers, the paper's number, and the book's number in both
 editions, read from the records (``records/chNN/<name>`` at the papers' size, ``records/chNN/ci/<name>`` at CI size).
 
-A :class:`Claim` names the record that holds its evidence and a ``measure`` that turns the record's value into the
-number the chapter states (an :class:`icllib.stats.Interval` where the chapter gives one). Nothing is computed here
+A :class:`Claim` names the records that hold its evidence and a ``measure`` that turns them (as
+:class:`icllib.records.Record`: value, arguments, provenance) into the number the chapter states (an :class:`icllib.stats.Interval` where the chapter gives one). Nothing is computed here
 beyond reading: a claim whose record is missing or pending says so in the table.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
@@ -24,17 +22,23 @@ _EDITIONS = ("full", "ci")
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """One headline claim: where it is tested (``chapter``), what the paper reports (``paper_value``), the record
-    holding the book's evidence (``record``), how to read the number off it (``measure``: record value -> text)
-    and one line on why the paper's number and the book's two editions differ (``why``)."""
+    """One headline claim: where it is tested (``chapter``), what the paper reports (``paper_value``), the records
+    holding the book's evidence (``record``: one name or a tuple of names), how to read the number off them
+    (``measure``: list of :class:`~icllib.records.Record` -> text) and one line on why the paper's number and the
+    book's two editions differ (``why``)."""
 
     paper: str
     claim: str
     chapter: str
     paper_value: str
-    record: str
-    measure: Callable[[Any], str]
+    record: str | tuple[str, ...]
+    measure: Callable[[list[records.Record]], str]
     why: str
+
+    def names(self, edition: str) -> list[str]:
+        """The record names of the claim in ``edition`` (``"ci"``: their CI-size twins)."""
+        names = [self.record] if isinstance(self.record, str) else list(self.record)
+        return names if edition == "full" else [records.ci_name(n) for n in names]
 
 
 def measured(claim: Claim, edition: str) -> str:
@@ -42,14 +46,14 @@ def measured(claim: Claim, edition: str) -> str:
     word saying why there is none (``"pending"`` for a record listed in ``pending.json``, ``"not recorded"``)."""
     if edition not in _EDITIONS:
         raise ValueError(f"edition must be one of {_EDITIONS}, got {edition!r}")
-    name = claim.record if edition == "full" else records.ci_name(claim.record)
-    if name in records.pending():
+    names = claim.names(edition)
+    if any(name in records.pending() for name in names):
         return "pending"
     try:
-        value = records.read(name).value
+        read = [records.read(name) for name in names]
     except records.RecordError:
         return "not recorded"
-    return claim.measure(value)
+    return claim.measure(read)
 
 
 def table(claims: Sequence[Claim]) -> pd.DataFrame:
