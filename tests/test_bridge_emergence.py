@@ -194,6 +194,7 @@ def test_evaluate_model(dictionary, arrow):
     assert set(report.probes) == {"target", "labels", "random image"}
     assert report.n_test == 40 and report.n_dev == 20 and report.sample["ridge"].shape == (40,)
     assert set(report.against_ridge) == {"icl", "one_shot", "best"}
+    assert set(report.controls) == {"best_other", "learned_other"}
     # an untrained model answers everything near 0: every error is near that of predicting 0
     assert abs(report.baselines["zero_shot"].estimate - 1) < 0.5
     with pytest.raises(ValueError, match="n_test"):

@@ -5,7 +5,9 @@ fresh dev and test prompts of its own format (with or without arrows), the relat
 
     E(prediction) = mean_i (prediction_i - y_i)^2 / mean_i y_i^2                                        (E1)
 
-against the query's noisy label ``y_i`` (predicting 0 scores about 1) of
+against the query's noisy label ``y_i``. Predicting 0 scores exactly 1, and since the task lambda is symmetric about
+0, E[y | x] = 0: no predictor that ignores the demonstrations does better on average, so an error clearly below 1
+needs information about the prompt's task. The errors measured are those of
 
 - zero-shot (the bare query ``[BOS] x ->``), 1-shot ICL (the first demonstration only), k-shot ICL (all N), and the
   ridge predictions with N and with 1 demonstration (the floors);
@@ -33,11 +35,11 @@ from torch import nn
 
 from icllib import stats
 from icllib._checks import check_int
-from icllib.bridge.interventions import attention_patched_outputs, attention_states, head_contributions
+from icllib.bridge.interventions import (_learned_vector_outputs, attention_patched_outputs, attention_states,
+                                         head_contributions)
 from icllib.bridge.sequences import SequenceBatch, _check_dictionary, _sample_dummy_queries, _sample_sequences
 from icllib.bridge.sweep import _patched_outputs, _predictions, _task_vectors
 from icllib.bridge.training import _fit_learned_vector
-from icllib.bridge.interventions import _learned_vector_outputs
 from icllib.llm import model_parts
 from icllib.probes import probe_with_controls
 from icllib.train import LoopConfig
@@ -58,6 +60,9 @@ class ModelReport:
     interval. ``dong`` (L,): the attention-output patch at each block (test); ``dong_best_block`` chosen on dev,
     ``dong_first`` and ``dong_best`` its intervals at block 0 and there. ``learned``: Saglam et al.'s learned
     vector (test), ``learned_weights`` (L, H). ``own`` (L,): the prompt's own state patched into the bare query.
+    ``controls``: the same vectors taken from *another* prompt (prompt i gets prompt i-1's): ``best_other`` (Part
+    II's at the best block), ``learned_other`` (the learned vector); a vector that carries its prompt's task does
+    better than these, one that only corrects the bare query's answer does not.
     ``probes``: held-out R^2 per block of the probes of lambda_hat (``"target"``), the raw labels and their random
     image. ``tv_vs_ridge``: correlation of the best block's patched predictions with ``z_x^T lambda_hat``;
     ``recovered``: ``(E_zero - E) / (E_zero - E_icl)`` of ``best``, ``dong_best``, ``learned``: the share of what
@@ -80,6 +85,7 @@ class ModelReport:
     learned: stats.Interval
     learned_weights: np.ndarray
     own: np.ndarray
+    controls: dict
     probes: dict
     tv_vs_ridge: float
     recovered: dict
@@ -171,37 +177,49 @@ def evaluate_model(model: nn.Module, tokens, Z_all, n_labeled: int, tau: float, 
     return _report(model, dev, test, weights)
 
 
-def _report(model, dev: _Prompts, test: _Prompts, weights: torch.Tensor) -> ModelReport:
-    layers = list(range(model_parts(model).n_layers))
-    y = test.labels
-    base = {"zero_shot": _predictions(model, test.bare), "one_shot": _predictions(model, test.one_shot.inputs),
-            "icl": _predictions(model, test.batch.inputs), "ridge": test.batch.ridge,
-            "ridge_one_shot": test.one_shot.ridge}
+def _extractions(model, dev: _Prompts, test: _Prompts, weights: torch.Tensor, layers: list[int]) -> dict:
+    """Test predictions of every extraction (blocks chosen on dev), with the other prompt's vector as control."""
     patched_dev, _ = _residual_patch(model, dev, layers)
     patched, theta = _residual_patch(model, test, layers)
     best = int(torch.argmin(relative_error(patched_dev, dev.labels)))
     dong_dev = attention_patched_outputs(model, dev.bare, attention_states(model, dev.dummies)).double()
     dong = attention_patched_outputs(model, test.bare, attention_states(model, test.dummies)).double()
-    dong_best = int(torch.argmin(relative_error(dong_dev, dev.labels)))
+    heads = head_contributions(model, test.dummies)
+    other = theta.roll(1, dims=0)[:, [best]]  # prompt i gets prompt i-1's task vector
     with torch.no_grad():
-        learned = _learned_vector_outputs(model, test.bare, head_contributions(model, test.dummies), weights)
-    own = _patched_outputs(model, test.bare, _task_vectors(model, [test.batch.inputs], layers), layers, "replace",
-                           8192)
+        learned = _learned_vector_outputs(model, test.bare, heads, weights).double()
+        learned_other = _learned_vector_outputs(model, test.bare, heads.roll(1, dims=0), weights).double()
+    own = _task_vectors(model, [test.batch.inputs], layers)
+    return {"patched_dev": patched_dev, "patched": patched, "theta": theta, "best": best,
+            "best_other": _patched_outputs(model, test.bare, other, [best], "replace", 8192)[:, 0].double(),
+            "dong": dong, "dong_best": int(torch.argmin(relative_error(dong_dev, dev.labels))), "learned": learned,
+            "learned_other": learned_other, "own": _patched_outputs(model, test.bare, own, layers, "replace", 8192)}
+
+
+def _report(model, dev: _Prompts, test: _Prompts, weights: torch.Tensor) -> ModelReport:
+    y, ridge = test.labels, test.batch.ridge.double()
+    base = {"zero_shot": _predictions(model, test.bare), "one_shot": _predictions(model, test.one_shot.inputs),
+            "icl": _predictions(model, test.batch.inputs), "ridge": test.batch.ridge,
+            "ridge_one_shot": test.one_shot.ridge}
+    x = _extractions(model, dev, test, weights, list(range(model_parts(model).n_layers)))
+    best, dong_best = x["best"], x["dong_best"]
+    chosen = {"best": x["patched"][:, best], "dong_best": x["dong"][:, dong_best], "learned": x["learned"]}
     errors = {name: _interval(pred, y) for name, pred in base.items()}
-    chosen = {"best": _interval(patched[:, best], y), "dong_best": _interval(dong[:, dong_best], y),
-              "learned": _interval(learned.double(), y)}
+    intervals = {name: _interval(pred, y) for name, pred in chosen.items()}
     zero, icl = errors["zero_shot"].estimate, errors["icl"].estimate
-    ridge = test.batch.ridge.double()
     return ModelReport(
-        baselines=errors, patched=relative_error(patched, y).numpy(), patched_dev=relative_error(
-            patched_dev, dev.labels).numpy(), best_block=best, best=chosen["best"], dong=relative_error(dong, y).numpy(),
-        dong_best_block=dong_best, dong_first=_interval(dong[:, 0], y), dong_best=chosen["dong_best"],
-        learned=chosen["learned"], learned_weights=weights.double().numpy(), own=relative_error(own, y).numpy(),
-        probes=probe_with_controls(theta, test.batch.lambda_hat, test.batch.y, generator=torch.Generator().manual_seed(0)),
-        tv_vs_ridge=_correlation(patched[:, best], ridge),
-        recovered={k: (zero - v.estimate) / (zero - icl) for k, v in chosen.items()},
+        baselines=errors, patched=relative_error(x["patched"], y).numpy(),
+        patched_dev=relative_error(x["patched_dev"], dev.labels).numpy(), best_block=best, best=intervals["best"],
+        dong=relative_error(x["dong"], y).numpy(), dong_best_block=dong_best, dong_first=_interval(x["dong"][:, 0], y),
+        dong_best=intervals["dong_best"], learned=intervals["learned"], learned_weights=weights.double().numpy(),
+        own=relative_error(x["own"], y).numpy(),
+        controls={"best_other": _interval(x["best_other"], y), "learned_other": _interval(x["learned_other"], y)},
+        probes=probe_with_controls(x["theta"], test.batch.lambda_hat, test.batch.y,
+                                   generator=torch.Generator().manual_seed(0)),
+        tv_vs_ridge=_correlation(chosen["best"], ridge),
+        recovered={k: (zero - v.estimate) / (zero - icl) for k, v in intervals.items()},
         against_ridge={k: float(relative_error(p, ridge)) for k, p in
-                       (("icl", base["icl"]), ("one_shot", base["one_shot"]), ("best", patched[:, best]))},
+                       (("icl", base["icl"]), ("one_shot", base["one_shot"]), ("best", chosen["best"]))},
         sample={k: p[:SAMPLE].float().numpy() for k, p in
-                (("ridge", ridge), ("icl", base["icl"]), ("one_shot", base["one_shot"]), ("best", patched[:, best]))},
+                (("ridge", ridge), ("icl", base["icl"]), ("one_shot", base["one_shot"]), ("best", chosen["best"]))},
         n_test=test.batch.n_prompts, n_dev=dev.batch.n_prompts)
