@@ -15,14 +15,16 @@ K, D, M, N, TAU = 12, 6, 2, 4, 0.1
 
 
 def _gen(seed: int) -> torch.Generator:
+    """A fresh generator from a seed."""
     return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")
 def dictionary():
-    gen = _gen(0)
-    tokens = basis.gaussian_dictionary(K, D, gen)
-    return tokens.float(), basis.GaussianLookupFeatures(tokens, M, gen)(tokens)
+    """K tokens in R^D (float32, the models' precision) and their M lookup features."""
+    tokens = basis.gaussian_dictionary(K, D, _gen(0))
+    features = basis.GaussianLookupFeatures(tokens, M, _gen(1))
+    return tokens.float(), features(tokens)
 
 
 def _model(arrow: bool = True, seed: int = 0, dtype=torch.float32) -> CausalTransformer:
@@ -191,7 +193,7 @@ def test_evaluate_model(dictionary, arrow):
     assert report.best.estimate == pytest.approx(report.patched[report.best_block])
     assert report.best_block == int(np.argmin(report.patched_dev))
     assert report.learned_weights.shape == (2, 2)
-    assert set(report.probes) == {"target", "labels", "random image"}
+    assert set(report.probes) == {"target", "labels", "random image", "dummy answer"}
     assert report.n_test == 40 and report.n_dev == 20 and report.sample["ridge"].shape == (40,)
     assert set(report.against_ridge) == {"icl", "one_shot", "best"}
     assert set(report.controls) == {"best_other", "learned_other"}

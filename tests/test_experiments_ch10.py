@@ -8,7 +8,7 @@ from icllib import bridge
 from icllib.experiments import ch10
 
 TINY = {"K": 10, "N": 3, "d": 4, "tau": 0.1, "heads": 2, "steps": 3, "batch": 4, "lr": 1e-3, "warmup": 1,
-        "eval_every": 3, "n_dev": 10, "n_test": 20, "n_fit": 20, "learned_steps": 2}
+        "eval_every": 3, "tvp_weight": 1.0, "n_dev": 10, "n_test": 20, "n_fit": 20, "learned_steps": 2}
 
 
 def test_configurations_and_names():
@@ -57,3 +57,5 @@ def test_run_config_end_to_end(tmp_path, monkeypatch):
     assert again["reports"][0].patched.tolist() == report.patched.tolist()
     with pytest.raises(ValueError, match="seeds"):
         ch10.run_config(config, TINY, [0, 0])
+    with pytest.raises(ValueError, match="training"):
+        ch10.train_model(config, TINY, 0)  # the training keys only

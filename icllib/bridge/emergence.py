@@ -41,7 +41,7 @@ from icllib.bridge.sequences import SequenceBatch, _check_dictionary, _sample_du
 from icllib.bridge.sweep import _patched_outputs, _predictions, _task_vectors
 from icllib.bridge.training import _fit_learned_vector
 from icllib.llm import model_parts
-from icllib.probes import probe_with_controls
+from icllib.probes import probe_layers, probe_with_controls
 from icllib.train import LoopConfig
 
 __all__ = ["ModelReport", "evaluate_model", "relative_error"]
@@ -64,7 +64,8 @@ class ModelReport:
     II's at the best block), ``learned_other`` (the learned vector); a vector that carries its prompt's task does
     better than these, one that only corrects the bare query's answer does not.
     ``probes``: held-out R^2 per block of the probes of lambda_hat (``"target"``), the raw labels and their random
-    image. ``tv_vs_ridge``: correlation of the best block's patched predictions with ``z_x^T lambda_hat``;
+    image, and of the dummy queries' own ridge answers ``mean_x' z_x'^T lambda_hat`` (``"dummy answer"``: does the
+    task vector hold the answer to the question it was extracted with?). ``tv_vs_ridge``: correlation of the best block's patched predictions with ``z_x^T lambda_hat``;
     ``recovered``: ``(E_zero - E) / (E_zero - E_icl)`` of ``best``, ``dong_best``, ``learned``: the share of what
     the demonstrations do in context that the vector does (0: no better than zero-shot, 1: as good as k-shot ICL).
     ``against_ridge``: relative errors (E1) of ``icl``, ``one_shot`` and ``best`` against the ridge predictions
@@ -125,6 +126,7 @@ class _Prompts:
     batch: SequenceBatch
     labels: torch.Tensor
     dummies: list
+    dummy_answer: torch.Tensor
     bare: torch.Tensor
     one_shot: SequenceBatch
 
@@ -137,7 +139,8 @@ def _prompts(model, tokens, Z64, n_labeled, tau, n, generator_seed, arrow, n_dum
     dummy_index = _sample_dummy_queries(batch.query_index, n_labeled, Z64.shape[1] - n_labeled, n_dummies,
                                         torch.Generator().manual_seed(generator_seed + 1))
     dummies = [batch.with_queries(tokens, dummy_index[:, j]) for j in range(n_dummies)]
-    return _Prompts(batch, batch.targets[:, -1].double(), dummies, batch.bare_queries(tokens), one)
+    answer = torch.einsum("nm,mnj->n", batch.lambda_hat, Z64[:, dummy_index]) / n_dummies  # mean z_x'^T lambda_hat
+    return _Prompts(batch, batch.targets[:, -1].double(), dummies, answer, batch.bare_queries(tokens), one)
 
 
 def _residual_patch(model, p: _Prompts, layers) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +217,9 @@ def _report(model, dev: _Prompts, test: _Prompts, weights: torch.Tensor) -> Mode
         dong_best=intervals["dong_best"], learned=intervals["learned"], learned_weights=weights.double().numpy(),
         own=relative_error(x["own"], y).numpy(),
         controls={"best_other": _interval(x["best_other"], y), "learned_other": _interval(x["learned_other"], y)},
-        probes=probe_with_controls(x["theta"], test.batch.lambda_hat, test.batch.y,
-                                   generator=torch.Generator().manual_seed(0)),
+        probes={**probe_with_controls(x["theta"], test.batch.lambda_hat, test.batch.y,
+                                      generator=torch.Generator().manual_seed(0)),
+                "dummy answer": probe_layers(x["theta"], test.dummy_answer).r2_test},
         tv_vs_ridge=_correlation(chosen["best"], ridge),
         recovered={k: (zero - v.estimate) / (zero - icl) for k, v in intervals.items()},
         against_ridge={k: float(relative_error(p, ridge)) for k, p in

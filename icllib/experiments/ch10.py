@@ -26,15 +26,15 @@ from icllib.bridge.sequences import SequenceLayout
 from icllib.bridge.training import train_sequence_model
 from icllib.models.causal import CausalTransformer
 
-__all__ = ["FACTORS", "SIZE_KEYS", "check_size", "configuration", "config_name", "ci_grid", "full_grid", "tvp_configs",
+__all__ = ["FACTORS", "TRAIN_KEYS", "SIZE_KEYS", "check_size", "configuration", "config_name", "ci_grid", "full_grid", "tvp_configs",
            "record_order", "train_model", "run_config"]
 
 FACTORS = ("depth", "width", "m", "every_length", "arrow", "tvp")
 #: What a size fixes: the dictionary (K tokens in R^d), N demonstrations, tau, heads per block, the training run
-#: (steps, batch, learning rate, warm-up, evaluation interval) and the evaluation (dev, test and learned-vector
-#: prompts, learned-vector steps).
-SIZE_KEYS = ("K", "N", "d", "tau", "heads", "steps", "batch", "lr", "warmup", "eval_every", "n_dev", "n_test",
-             "n_fit", "learned_steps")
+#: (steps, batch, learning rate, warm-up, evaluation interval, weight of the TVP term; :data:`TRAIN_KEYS`) and the
+#: evaluation (dev, test and learned-vector prompts, learned-vector steps).
+TRAIN_KEYS = ("K", "N", "d", "tau", "heads", "steps", "batch", "lr", "warmup", "eval_every", "tvp_weight")
+SIZE_KEYS = (*TRAIN_KEYS, "n_dev", "n_test", "n_fit", "learned_steps")
 BASE = {"depth": 2, "width": 16, "m": 1, "every_length": False, "arrow": True, "tvp": None}
 
 
@@ -116,17 +116,21 @@ def _model(config: dict, size: dict, seed: int) -> CausalTransformer:
                              rotary_base=30.0)
 
 
-def train_model(config: dict, size: dict, seed: int) -> dict:
-    """Train one model of ``config`` at ``size`` from ``seed`` (dictionary, initialisation and prompts):
-    ``{"state_dict": ..., "history": TrainingHistory}`` (demonstrations in a random order per prompt)."""
-    config, size = configuration(config), check_size(size)
-    tokens, Z_all = _dictionary(config, size, seed)
-    model = _model(config, size, seed)
+def train_model(config: dict, training: dict, seed: int) -> dict:
+    """Train one model of ``config`` from ``seed`` (dictionary, initialisation and prompts), ``training`` holding
+    the :data:`TRAIN_KEYS` of a size: ``{"state_dict": ..., "history": TrainingHistory}`` (demonstrations in a random
+    order per prompt)."""
+    config = configuration(config)
+    if not isinstance(training, dict) or set(training) != set(TRAIN_KEYS):
+        raise ValueError(f"training must be a dict with the keys {list(TRAIN_KEYS)}")
+    tokens, Z_all = _dictionary(config, training, seed)
+    model = _model(config, training, seed)
     history = train_sequence_model(
-        model, tokens, Z_all, size["N"], size["tau"], size["steps"], size["batch"], size["lr"],
+        model, tokens, Z_all, training["N"], training["tau"], training["steps"], training["batch"], training["lr"],
         generator=torch.Generator().manual_seed(3000 + seed), shuffle=True, arrow=config["arrow"],
-        min_demos=0 if config["every_length"] else None, tvp_block=config["tvp"], warmup=size["warmup"],
-        eval_every=size["eval_every"], n_eval=500, progress=False)
+        min_demos=0 if config["every_length"] else None, tvp_block=config["tvp"],
+        tvp_weight=training["tvp_weight"], warmup=training["warmup"], eval_every=training["eval_every"], n_eval=500,
+        progress=False)
     return {"state_dict": model.state_dict(), "history": history}
 
 
@@ -141,7 +145,10 @@ def run_config(config: dict, size: dict, seeds: list[int]) -> dict:
     training = []
     for seed in seeds:
         check_int("seed", seed, minimum=0)
-        trained = cache.cached_call(train_model, config, size, seed)
+        keys = {k: size[k] for k in TRAIN_KEYS}
+        if config["tvp"] is None:
+            keys["tvp_weight"] = 0.0  # unused without the TVP term: a plain model does not depend on it
+        trained = cache.cached_call(train_model, config, keys, seed)
         model = _model(config, size, seed)
         model.load_state_dict(trained["state_dict"])
         tokens, Z_all = _dictionary(config, size, seed)
