@@ -59,7 +59,7 @@ def hand_typed_numbers(text: str) -> list[str]:
 NOT_YET_GLUED = {
     "00_intro", "01_templates", "02_training_dynamics", "03_ridge_generalisation", "04_heads",
     "05_hypothesis_class", "06_layers", "07_geometry", "08_conflicting", "09_compression",
-    "10_trained_task_vectors", "11_back_to_llm",
+    "10_trained_task_vectors",
 }
 
 
