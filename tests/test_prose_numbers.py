@@ -58,7 +58,6 @@ def hand_typed_numbers(text: str) -> list[str]:
 # Chapters whose prose still holds hand-typed results (converted to glued numbers one by one; this list only
 # shrinks). Empty means every chapter is checked.
 NOT_YET_GLUED = {
-    "11_back_to_llm",
 }
 
 
