@@ -184,7 +184,10 @@ def fingerprint(value: Any) -> Any:
     if isinstance(value, torch.nn.Module):
         return _module_fingerprint(value)
     if callable(getattr(value, "encode", None)) and callable(getattr(value, "decode", None)):
-        return {"tokenizer": type(value).__qualname__, "name": str(getattr(value, "name_or_path", "")),
+        # A tokenizer read from a local folder (the de-quantised GGUF model under ICL_CACHE_DIR) is named by that
+        # folder's name, not its path: moving the cache or the checkout must not change a key or a record's arguments.
+        name = str(getattr(value, "name_or_path", ""))
+        return {"tokenizer": type(value).__qualname__, "name": Path(name).name if Path(name).is_absolute() else name,
                 "vocab": int(getattr(value, "vocab_size", 0) or 0)}
     if isinstance(value, types.MethodType):
         return {"method": value.__func__.__qualname__, "of": fingerprint(value.__self__)}
