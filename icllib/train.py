@@ -437,7 +437,7 @@ def train_adam_exact(
 # --------------------------------------------------------------------------------------------------------------------
 # 3. The paper's recipe: Adam on Monte-Carlo prompts
 # --------------------------------------------------------------------------------------------------------------------
-#: The arithmetic of a Monte-Carlo training step: ``"float32"`` (the default, exact float32 products), ``"tf32"``
+#: The arithmetic of a Monte-Carlo training step — ``"float32"`` (the default, exact float32 products), ``"tf32"``
 #: (float32 tensors, matrix products on CUDA tensor cores in TF32; elsewhere the same as float32) and ``"bf16"``
 #: (the forward pass under ``torch.autocast`` in bfloat16, the loss and the optimiser in float32).
 PRECISIONS = ("float32", "tf32", "bf16")

@@ -69,7 +69,7 @@ class ModelReport:
     ``recovered``: ``(E_zero - E) / (E_zero - E_icl)`` of ``best``, ``dong_best``, ``learned``: the share of what
     the demonstrations do in context that the vector does (0: no better than zero-shot, 1: as good as k-shot ICL).
     ``against_ridge``: relative errors (E1) of ``icl``, ``one_shot`` and ``best`` against the ridge predictions
-    ``z_x^T lambda_hat(S)`` instead of the labels. ``sample``: float32 arrays of the first :data:`SAMPLE` test
+    ``z_x^T lambda_hat(S)`` instead of the labels. ``sample``: float32 arrays of the first ``SAMPLE`` test
     prompts' ``ridge``, ``icl``, ``one_shot`` and ``best`` predictions (for scatter plots). ``n_test``, ``n_dev``:
     prompts.
     """

@@ -57,7 +57,7 @@ class SequenceLayout:
 
     @property
     def stride(self) -> int:
-        """Positions per demonstration: 3 with arrows (token, arrow, label), 2 without."""
+        """How many positions one demonstration takes (three with arrows, as token, arrow and label; two without)."""
         return 3 if self.arrow else 2
 
     def length(self, n_demos: int) -> int:

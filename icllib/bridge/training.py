@@ -1,8 +1,8 @@
 """Training the causal transformer on sequence prompts (Chapter 10), through the book's one loop.
 
 :func:`train_sequence_model` is a set-up around :func:`icllib.train.train_loop`: a draw (fresh prompts from
-:mod:`icllib.bridge.sequences`), a step (AdamW on the squared error at the prediction positions, :func:`_arrow_loss`,
-with a warm-up and cosine schedule; optionally plus a task-vector-prompting term, :func:`_tvp_loss`) and a recorder
+:mod:`icllib.bridge.sequences`), a step (AdamW on the squared error at the prediction positions, ``_arrow_loss``,
+with a warm-up and cosine schedule; optionally plus a task-vector-prompting term, ``_tvp_loss``) and a recorder
 (errors on fixed evaluation prompts). It returns the same :class:`icllib.train.TrainingHistory` as the Part I
 objectives. :func:`fit_learned_vector` fits Saglam et al.'s learned task vector (a weight per block and head) on a
 trained model, through the same loop.

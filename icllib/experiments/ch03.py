@@ -31,7 +31,7 @@ __all__ = ["Problem", "ExactGD", "ExactAdam", "Recipe", "OneLayerRun", "one_laye
            "one_layer_runs", "last_values", "four_layer_run", "four_layer_runs", "NGapResult", "gap_against_n",
            "rule_comparison", "cuda_result", "out_of_domain_moment"]
 
-#: Seeds derived from a training seed s: the model's initialisation uses s, the Monte-Carlo training prompts and
+#: Seeds derived from a training seed s — the model's initialisation uses s, the Monte-Carlo training prompts and
 #: their order use DATA_SEED_OFFSET + s (so a seed never shares a stream with the dictionary or the test prompts).
 DATA_SEED_OFFSET = 10_000
 
@@ -201,7 +201,7 @@ def one_layer_runs(problem: Problem, n_heads: int, optimiser: Optimiser, steps: 
 @cache.not_in_key("device")
 def four_layer_run(problem: Problem, architecture: TransformerConfig, recipe: Recipe, steps: int, seed: int,
                    eval_every: int = 100, device: str = "cpu") -> train.TrainingHistory:
-    """Train the transformer of Figure 2(b) (:class:`~icllib.models.MultiLayerTransformer` with the sizes of
+    """Train the transformer of Figure 2(b) (:class:`~icllib.models.multilayer.MultiLayerTransformer` with the sizes of
     ``architecture``; the paper's: ``TransformerConfig()``) with the paper's recipe on ``device``; initialisation
     from ``seed``, training prompts from DATA_SEED_OFFSET + seed."""
     if not isinstance(problem, Problem):

@@ -1,9 +1,9 @@
 """Chapter 10's expensive computations: the map of where task vectors appear in trained causal transformers.
 
-A *configuration* is a dict of the factors the map varies (:data:`FACTORS`): ``depth`` (blocks), ``width``
+A *configuration* is a dict of the factors the map varies (``FACTORS``): ``depth`` (blocks), ``width``
 (d_model), ``m`` (basis functions), ``every_length`` (training prompts of every length 0..N, or all of length N),
 ``arrow`` (the ``x -> y`` format, or ``x y`` without arrows) and ``tvp`` (None, or the block of the
-task-vector-prompting loss). A *size* is a dict of what the edition fixes (:data:`SIZE_KEYS`): the dictionary (K
+task-vector-prompting loss). A *size* is a dict of what the edition fixes (``SIZE_KEYS``): the dictionary (K
 tokens in R^d), N, tau, the training run (steps, batch, learning rate) and the evaluation (prompts, learned-vector
 steps); the chapter sets one per edition.
 
@@ -30,8 +30,8 @@ __all__ = ["FACTORS", "TRAIN_KEYS", "SIZE_KEYS", "check_size", "configuration", 
            "record_order", "train_model", "run_config"]
 
 FACTORS = ("depth", "width", "m", "every_length", "arrow", "tvp")
-#: What a size fixes: the dictionary (K tokens in R^d), N demonstrations, tau, heads per block, the training run
-#: (steps, batch, learning rate, warm-up, evaluation interval, weight of the TVP term; :data:`TRAIN_KEYS`) and the
+#: What a size fixes — the dictionary (K tokens in R^d), N demonstrations, tau, heads per block, the training run
+#: (steps, batch, learning rate, warm-up, evaluation interval, weight of the TVP term; ``TRAIN_KEYS``) and the
 #: evaluation (dev, test and learned-vector prompts, learned-vector steps).
 TRAIN_KEYS = ("K", "N", "d", "tau", "heads", "steps", "batch", "lr", "warmup", "eval_every", "tvp_weight")
 SIZE_KEYS = (*TRAIN_KEYS, "n_dev", "n_test", "n_fit", "learned_steps")
@@ -39,7 +39,7 @@ BASE = {"depth": 2, "width": 16, "m": 1, "every_length": False, "arrow": True, "
 
 
 def check_size(size: dict) -> dict:
-    """A size: a dict with exactly the keys of :data:`SIZE_KEYS` (the chapter sets one per edition)."""
+    """A size: a dict with exactly the keys of ``SIZE_KEYS`` (the chapter sets one per edition)."""
     if not isinstance(size, dict) or set(size) != set(SIZE_KEYS):
         got = sorted(size) if isinstance(size, dict) else type(size).__name__
         raise ValueError(f"size must be a dict with the keys {list(SIZE_KEYS)}, got {got}")
@@ -47,7 +47,7 @@ def check_size(size: dict) -> dict:
 
 
 def configuration(base: dict | None = None, **changes) -> dict:
-    """A configuration: ``base`` (default :data:`BASE`) with ``changes``, checked."""
+    """A configuration: ``base`` (default ``BASE``) with ``changes``, checked."""
     config = {**(BASE if base is None else base), **changes}
     if set(config) != set(FACTORS):
         raise ValueError(f"a configuration has exactly the factors {list(FACTORS)}, got {sorted(config)}")
@@ -71,7 +71,7 @@ def config_name(config: dict) -> str:
 
 
 def ci_grid() -> list[dict]:
-    """One factor at a time around :data:`BASE`: depth 4, m = 2, every length, no arrow (width and depth 8 are
+    """One factor at a time around ``BASE``: depth 4, m = 2, every length, no arrow (width and depth 8 are
     varied in the full grid only)."""
     changes = [{}, {"depth": 4}, {"m": 2}, {"every_length": True}, {"arrow": False}]
     return [configuration(**c) for c in changes]
@@ -118,7 +118,7 @@ def _model(config: dict, size: dict, seed: int) -> CausalTransformer:
 
 def train_model(config: dict, training: dict, seed: int) -> dict:
     """Train one model of ``config`` from ``seed`` (dictionary, initialisation and prompts), ``training`` holding
-    the :data:`TRAIN_KEYS` of a size: ``{"state_dict": ..., "history": TrainingHistory}`` (demonstrations in a random
+    the ``TRAIN_KEYS`` of a size: ``{"state_dict": ..., "history": TrainingHistory}`` (demonstrations in a random
     order per prompt)."""
     config = configuration(config)
     if not isinstance(training, dict) or set(training) != set(TRAIN_KEYS):

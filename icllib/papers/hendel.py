@@ -41,7 +41,7 @@ PAPER_LAYER_PEAKS: dict[str, tuple[float, int, int]] = {
     "Pythia 6.9B": (0.78, 13, 32),
     "Pythia 12B": (0.80, 12, 36),
 }
-#: Conflicting tasks (Section 5), LLaMA 13B, 4 demonstrations, from the released table: for each pair, keyed by task
+#: Conflicting tasks (Section 5), LLaMA 13B, 4 demonstrations, from the released table — for each pair, keyed by task
 #: A (demonstrations of A, task B's vector patched in), accuracy on (A before, B before, A after, B after) the patch.
 #: The pairs: next_letter -> to_upper, list_last -> list_first, prev_letter -> next_letter,
 #: present_past -> present_gerund, en_es -> en_fr.
@@ -205,13 +205,13 @@ PAPER_PER_TASK: dict[str, dict[str, tuple[float, float, float]]] = {
 #: On how many of the 126 model-task pairs the task vector matches or beats ICL (TV >= ICL in ``PAPER_PER_TASK``),
 #: out of how many; the paper reports the count (most often on next_letter, 5 of its 7 models).
 PAPER_TV_AT_LEAST_ICL: tuple[int, int] = (21, 126)
-#: The reference code's prompt: every line ``example:x->y`` (the query line ``example:x->``), lines joined by a
+#: The reference code's prompt — every line ``example:x->y`` (the query line ``example:x->``), lines joined by a
 #: newline; LLaMA's tokenizer adds its BOS token in front, the GPT-J and Pythia tokenizers add none. The paper's
 #: figures draw demonstrations as ``x -> y``, but no reported number used that bare format.
 PAPER_PROMPT_FORMAT = {"LLaMA": "example+bos", "GPT-J": "example", "Pythia": "example"}
 #: The paper's number of dummy queries per theta(S) (its Eq. 2 averages the state over them).
 PAPER_N_DUMMIES = 2
-#: The counts of the main experiment in the reference code (and its released tables): demonstrations per prompt,
+#: The counts of the main experiment in the reference code (and its released tables) — demonstrations per prompt,
 #: dev sets for choosing the block, test sets for ICL and the task vector, zero-shot queries, and the seed.
 PAPER_COUNTS: dict[str, int] = {"n_demos": 5, "n_dev": 50, "n_test": 50, "n_baseline": 100, "seed": 41}
 #: The layer figure averages the dev curves of the tasks whose best dev accuracy is above this (strictly).
@@ -224,19 +224,19 @@ PAPER_LAYER_THRESHOLD = 0.75
 # ---------------------------------------------------------------------------------------------------------------
 #: Parameter counts of the paper's models that Part II compares the book's model with (LLaMA 1).
 PAPER_MODEL_PARAMETERS: dict[str, float] = {"LLaMA 7B": 6.7e9, "LLaMA 13B": 13.0e9}
-#: The geometry figure (t-SNE of theta, histograms of cosine distances): model, demonstration sets per task,
+#: The geometry figure (t-SNE of theta, histograms of cosine distances) — model, demonstration sets per task,
 #: demonstrations per set, dummy queries per set, the range of blocks the layer was chosen in, number of blocks.
 PAPER_GEOMETRY: dict[str, object] = {"model": "LLaMA 7B", "n_sets": 50, "n_demos": 4, "n_dummies": 2,
                                      "blocks": (10, 19), "n_layers": 32}
-#: Section 5's pairs (A, B) in the paper's order: demonstrations of A, the task vector of B.
+#: Section 5's pairs (A, B) in the paper's order — demonstrations of A, the task vector of B.
 PAPER_CONFLICT_PAIRS: tuple[tuple[str, str], ...] = (
     ("next_letter", "to_upper"), ("list_last", "list_first"), ("prev_letter", "next_letter"),
     ("present_past", "present_gerund"), ("en_es", "en_fr"),
 )
-#: Section 5's set-up in the reference code: model, demonstrations per prompt, prompts (and sets of B) per pair.
+#: Section 5's set-up in the reference code — model, demonstrations per prompt, prompts (and sets of B) per pair.
 #: The block is chosen on the same sets of B whose vectors are patched (their vectors in B's bare queries).
 PAPER_CONFLICT_SETUP: dict[str, object] = {"model": "LLaMA 13B", "n_demos": 4, "n_prompts": 100}
-#: Section 6's vocabulary projections: the first tokens of the released table for the rows the book quotes.
+#: Section 6's vocabulary projections — the first tokens of the released table for the rows the book quotes.
 PAPER_TOP_TOKENS: dict[tuple[str, str], tuple[str, ...]] = {
     ("GPT-J 6B", "present_gerund"): ("getting", "working", "storing", "playing", "making"),
     ("GPT-J 6B", "country_capital"): ("London", "Paris", "West", "South", "Berlin"),

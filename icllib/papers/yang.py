@@ -23,23 +23,23 @@ SETTING: dict[str, int] = {"K": 200, "N": 30, "d": 100, "m": 20, "H": 64}
 # ---------------------------------------------------------------------------------------------------------------
 # Chapters 03 and 04 add their numbers below this line (and their sources to SOURCES).
 # ---------------------------------------------------------------------------------------------------------------
-#: Figures 2, 4 and 5: N labelled tokens, K tokens in the dictionary, token dimension d, m basis functions.
+#: Figures 2, 4 and 5 — N labelled tokens, K tokens in the dictionary, token dimension d, m basis functions.
 FIGURE2_PROBLEM: dict[str, int] = {"N": 30, "K": 200, "d": 100, "m": 20}
-#: Figure 2(a): heads of the one-layer model.
+#: Figure 2(a) — heads of the one-layer model.
 FIGURE2A_HEADS = 64
-#: Figure 2(b): the "standard" transformer: layers, width, feed-forward width, heads.
+#: Figure 2(b) — the "standard" transformer, as layers, width, feed-forward width, heads.
 FIGURE2B_ARCHITECTURE: dict[str, int] = {"n_layers": 4, "d_model": 256, "d_ff": 512, "n_heads": 8}
-#: The training recipe of every experiment: Adam's learning rate, training prompts, batch size.
+#: The training recipe of every experiment — Adam's learning rate, training prompts, batch size.
 RECIPE: dict[str, float] = {"lr": 1e-4, "n_train_prompts": 10_000, "batch_size": 256}
 #: Test prompts in domain (lambda ~ N(0, I_m)), and as many out of domain.
 TEST_PROMPTS = 200
-#: The out-of-domain tasks lambda ~ N(1_m, 4 I_m): the mean and the variance of every coordinate.
+#: The out-of-domain tasks lambda ~ N(1_m, 4 I_m) — the mean and the variance of every coordinate.
 OUT_OF_DOMAIN: dict[str, float] = {"mean": 1.0, "variance": 4.0}
-#: Figure 3: m, tau and the range of N of the gap (1/K) ||yhat* - yhat_best||^2 (smallest near N = m).
+#: Figure 3 — m, tau and the range of N of the gap (1/K) ||yhat* - yhat_best||^2 (smallest near N = m).
 FIGURE3: dict[str, float] = {"m": 100, "tau": 0.01, "N_min": 50, "N_max": 150}
-#: Figure 4: the largest number of heads shown, whose training the paper calls unstable (optimiser: Adam).
+#: Figure 4 — the largest number of heads shown, whose training the paper calls unstable (with Adam).
 FIGURE4_UNSTABLE_HEADS = 400
-#: Figure 5: the smallest and largest numbers of heads of the four-layer transformer, the equal wall-clock training
+#: Figure 5 — the smallest and largest numbers of heads of the four-layer transformer, the equal wall-clock training
 #: budget in seconds, and the number of heads that does best.
 FIGURE5: dict[str, int] = {"H_min": 4, "H_max": 64, "budget_s": 100, "best_heads": 4}
 

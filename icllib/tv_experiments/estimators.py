@@ -254,7 +254,7 @@ class AnswerShares:
     neither: float
 
 
-#: Codes of :func:`answer_labels`: the prediction is neither task's answer, task A's or task B's.
+#: Codes of :func:`answer_labels` — the prediction is neither task's answer, task A's or task B's.
 NEITHER, ANSWER_A, ANSWER_B = 0, 1, 2
 
 

@@ -90,10 +90,10 @@ def interpolation_labels(
     pairs_b: Sequence[tuple[str, str]], layer: int, scorer_a: Scorer | Task | None = None,
     scorer_b: Scorer | Task | None = None, fmt="example",
 ) -> np.ndarray:
-    """Whose answer the bare query gives with ``theta(alpha)`` (:func:`interpolate`) patched after block ``layer``.
+    """Whose answer the bare query gives with ``theta(alpha)`` (``interpolate``) patched after block ``layer``.
 
     ``theta_a``, ``theta_b`` (d,): the two tasks' vectors; the queries are the inputs of ``pairs_a`` (with A's
-    answers) and ``pairs_b`` (the same inputs, with B's answers). Returns the :func:`answer_labels` codes, int8
+    answers) and ``pairs_b`` (the same inputs, with B's answers). Returns the ``answer_labels`` codes, int8
     (len(alphas), n_queries): 1 for A's answer, 2 for B's, 0 for neither (``shares_of(row)`` gives the fractions).
     """
     thetas = interpolate(as_float_tensor("theta_a", theta_a, ndim=1), as_float_tensor("theta_b", theta_b, ndim=1),
@@ -111,7 +111,7 @@ class DemoSweep:
     """Results of :func:`demo_count_sweep` for one task, one entry per demonstration count ``k``.
 
     ``theta[k]`` (n_sets, d) float32: ``theta_L(S)`` at the patched block ``layer``; ``spread_by_layer[k]`` (L,):
-    the ``sqdist`` :func:`set_spread` of ``theta_l(S)`` at every block; ``dummy_spread_by_layer[k]`` (L,): the part
+    the ``sqdist`` ``set_spread`` of ``theta_l(S)`` at every block; ``dummy_spread_by_layer[k]`` (L,): the part
     of it that comes from the dummy queries, ``E_S Var(mean_{x'} h_l([S, x'])[-1] | S)`` (estimated within each set,
     unbiased), and ``dummy_var[k]`` (n_sets,) its per-set terms at block ``layer``. ``icl_hits[k]`` (n_sets,) bool:
     whether ``[S, x]`` was right on the set's first held-out query; ``tv_hits[k]`` (n_sets, n_queries) bool: whether
@@ -244,7 +244,7 @@ def averaged_accuracy(
     model, tokenizer, theta, query_pool: Sequence[tuple[str, str]], layer: int, group_sizes: Sequence[int],
     n_queries: int = 24, seed: int = 0, scorer: Scorer | Task | None = None, fmt="example",
 ) -> Averaged:
-    """Task-vector accuracy of ``theta_bar_j`` (:func:`group_means`) for every group size ``j``, on shared queries.
+    """Task-vector accuracy of ``theta_bar_j`` (``group_means``) for every group size ``j``, on shared queries.
 
     ``theta`` (n_sets, d) at block ``layer``. ``n_queries`` queries are drawn from ``query_pool`` (without
     replacement while the pool lasts, then the pool again in a new order); for each ``j`` the ``n_sets // j``
@@ -275,7 +275,7 @@ class ReplaceAdd:
     """Layer curves of the two interventions on the bare query ``[x]``: per-query hits, (n_queries, L) bool each.
 
     ``replace_set``: ``h_l[-1] := theta_l(S)`` with each query's own set (Hendel et al.); ``replace_mean``:
-    ``h_l[-1] := mean_S theta_l(S)``; ``add[beta]``: ``h_l[-1] += beta * Delta_l`` (:func:`mean_difference`).
+    ``h_l[-1] := mean_S theta_l(S)``; ``add[beta]``: ``h_l[-1] += beta * Delta_l`` (``mean_difference``).
     Entry ``[q, l]`` says whether query ``q`` was right with block ``l`` patched; ``.mean(0)`` is the accuracy curve.
     ``delta_norm``: ``||Delta_l||``; ``state_norm``: the mean ``||h_l([x])[-1]||`` of the bare queries.
     """
