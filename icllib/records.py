@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import hashlib
 import importlib
 import inspect
@@ -47,7 +48,7 @@ import torch
 from icllib import cache, settings
 
 __all__ = ["RecordError", "Pending", "is_pending", "Record", "mode", "records_dir", "result", "read", "write",
-           "pending", "describe_arguments", "provenance"]
+           "pending", "describe_arguments", "provenance", "selected"]
 
 _MODES = ("live", "record", "replay", "compute")
 _FORMAT = 1  # bumped when the file layout changes
@@ -102,6 +103,14 @@ def mode() -> str:
     if os.environ.get("ICL_COMPUTE", "").strip() == "1":
         return "compute"
     return "replay"
+
+
+def selected(name: str) -> bool:
+    """Whether ``make record`` computes the record ``name``: all of them, unless ``ICL_RECORD_ONLY`` (``ONLY=`` in
+    ``make record``) names some, as comma-separated shell patterns (``ch03/four-layer,ch10/grid/d8-*``). The others
+    are read back (or stay pending), so that several processes can record disjoint parts of one chapter at once."""
+    patterns = [p.strip() for p in os.environ.get("ICL_RECORD_ONLY", "").split(",") if p.strip()]
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def records_dir() -> Path:
@@ -284,7 +293,9 @@ def provenance(fn: Callable, wall_s: float) -> dict:
     except ImportError:  # pragma: no cover - a dependency
         transformers_version = None
     return {
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "icllib")),
+        # ICL_COMMIT names the commit where the checkout has no .git (a copy of the tree sent to a GPU machine)
+        "commit": _git("rev-parse", "HEAD") or os.environ.get("ICL_COMMIT", ""),
+        "dirty": bool(_git("status", "--porcelain", "--", "icllib")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": _device_name(), "dtype": settings.dtype(), "torch": torch.__version__,
         "transformers": transformers_version, "python": platform.python_version(), "wall_s": round(wall_s, 3),
@@ -365,6 +376,10 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
     if current in ("live", "compute"):
         return cache.cached_call(fn, *args, **kwargs)
     arguments = describe_arguments(fn, *args, **kwargs)
+    if current in ("record", "record-ci") and not selected(name):
+        current = "replay" if current == "record" else "live"  # outside ICL_RECORD_ONLY: read, never recompute
+        if current == "live":
+            return cache.cached_call(fn, *args, **kwargs)
     if current in ("record", "record-ci"):
         value, wall_s = cache.timed_call(fn, *args, **kwargs)  # resumable: a finished step is read back
         write(name if current == "record" else ci_name(name), value, arguments, provenance(fn, wall_s))

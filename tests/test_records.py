@@ -191,3 +191,19 @@ def test_names_with_dots_keep_their_whole_name(env, tmp_path):
     assert (tmp_path / "records/ch99/run-tau0.5-seed1.npz").exists()
     assert len(records.read("ch99/run-tau0.5-seed1").value["x"]) == 2
     assert len(records.read("ch99/run-tau0.1-seed1").value["x"]) == 3
+
+
+def test_record_only_computes_the_selected_records_and_reads_the_others(env, tmp_path):
+    _set_mode(env, "record")
+    records.result("ch99/a", train_like, 3, seed=1)
+    env.setenv("ICL_RECORD_ONLY", "ch99/b*, ch99/other")
+    assert records.selected("ch99/b-1") and records.selected("ch99/other") and not records.selected("ch99/a")
+    before = (tmp_path / "records/ch99/a.json").read_text()
+    np.testing.assert_array_equal(records.result("ch99/a", train_like, 3, seed=1)["loss"], train_like(3, 1)["loss"])
+    assert (tmp_path / "records/ch99/a.json").read_text() == before  # read back, not re-written
+    with pytest.raises(records.RecordError, match="other arguments"):  # outside the selection: never recomputed
+        records.result("ch99/a", train_like, 4, seed=1)
+    records.result("ch99/b-1", train_like, 2)
+    assert (tmp_path / "records/ch99/b-1.json").is_file()
+    env.delenv("ICL_RECORD_ONLY")
+    assert records.selected("ch99/a")

@@ -173,9 +173,11 @@ class OneLayerRun:
     seed: int
 
 
+@cache.not_in_key("device")
 def one_layer_run(problem: Problem, n_heads: int, optimiser: Optimiser, steps: int, seed: int,
-                  eval_every: int = 50) -> OneLayerRun:
-    """Train the one-layer model with ``n_heads`` heads on ``problem`` (w = 0, Q ~ N(0, 1) from ``seed``)."""
+                  eval_every: int = 50, device: str = "cpu") -> OneLayerRun:
+    """Train the one-layer model with ``n_heads`` heads on ``problem`` (w = 0, Q ~ N(0, 1) from ``seed``) on
+    ``device`` (the initialisation is drawn on the CPU, so a seed gives the same model everywhere)."""
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a Problem, got {type(problem).__name__}")
     n_heads = check_int("n_heads", n_heads, minimum=1)
@@ -184,14 +186,16 @@ def one_layer_run(problem: Problem, n_heads: int, optimiser: Optimiser, steps: i
     tokens, Z_all = problem.dictionary()
     dtype = torch.float32 if isinstance(optimiser, Recipe) else torch.float64
     model = OneLayerMultiHead(tokens, problem.N, n_heads, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    history = _train(model, Z_all, problem, optimiser, steps, seed, eval_every, problem.test_prompts())
-    return OneLayerRun(history, model.attention_matrix().detach().float(), seed)
+    history = _train(model.to(device), Z_all, problem, optimiser, steps, seed, eval_every, problem.test_prompts())
+    return OneLayerRun(history, model.attention_matrix().detach().float().cpu(), seed)
 
 
+@cache.not_in_key("device")
 def one_layer_runs(problem: Problem, n_heads: int, optimiser: Optimiser, steps: int, seeds: Sequence[int],
-                   eval_every: int = 50) -> list[OneLayerRun]:
-    """:func:`one_layer_run` for each seed (each cached on its own: a cut-off record run resumes)."""
-    return [cache.cached_call(one_layer_run, problem, n_heads, optimiser, steps, seed, eval_every)
+                   eval_every: int = 50, device: str = "cpu") -> list[OneLayerRun]:
+    """:func:`one_layer_run` for each seed (each cached on its own: a cut-off record run resumes). ``device`` is
+    not part of a record's arguments: a record made on a GPU replays on a CPU (its provenance names the device)."""
+    return [cache.cached_call(one_layer_run, problem, n_heads, optimiser, steps, seed, eval_every, device)
             for seed in _check_seeds(seeds)]
 
 
@@ -263,11 +267,11 @@ def _errors_to_truth(batch, yhat: torch.Tensor, Z_all: torch.Tensor, N: int) -> 
 
 
 def _n_gap_point(problem: Problem, heads_per_label: int, optimiser: Optimiser, steps: int, seeds: tuple,
-                 eval_every: int) -> tuple[list, list, dict]:
+                 eval_every: int, device: str) -> tuple[list, list, dict]:
     """One N: train each seed, then its gap to yhat_best, distance to ridge and errors to the truth."""
     tokens, Z_all = problem.dictionary()
     test = problem.test_prompts()
-    runs = one_layer_runs(problem, heads_per_label * problem.N, optimiser, steps, seeds, eval_every)
+    runs = one_layer_runs(problem, heads_per_label * problem.N, optimiser, steps, seeds, eval_every, device)
     gaps, ridge, errors = [], [], {}
     for domain, batch in (("in", test.in_domain), ("out", test.out_of_domain)):
         best = kernels.bayes_predictions(Z_all, batch.y, problem.N, problem.tau)
@@ -282,8 +286,9 @@ def _n_gap_point(problem: Problem, heads_per_label: int, optimiser: Optimiser, s
     return gaps, ridge, errors
 
 
+@cache.not_in_key("device")
 def gap_against_n(problem: Problem, n_grid: Sequence[int], heads_per_label: int, optimiser: Optimiser, steps: int,
-                  seeds: Sequence[int], eval_every: int = 100) -> NGapResult:
+                  seeds: Sequence[int], eval_every: int = 100, device: str = "cpu") -> NGapResult:
     """Figure 3 on trained models: for each N in ``n_grid`` (``problem`` gives K, d, m, tau and the seeds), train
     one-layer models with H = ``heads_per_label`` * N heads and measure their gap to the N tau predictor, as the
     paper's caption does, and their errors to the true labels beside those of the m tau and N tau rules."""
@@ -295,7 +300,7 @@ def gap_against_n(problem: Problem, n_grid: Sequence[int], heads_per_label: int,
     heads_per_label = check_int("heads_per_label", heads_per_label, minimum=1)
     _check_optimiser(optimiser)
     seeds = _check_seeds(seeds)
-    points = [_n_gap_point(problem.with_n(n), heads_per_label, optimiser, steps, seeds, eval_every)
+    points = [_n_gap_point(problem.with_n(n), heads_per_label, optimiser, steps, seeds, eval_every, device)
               for n in n_grid]
     Z_all = problem.dictionary()[1]
     errors = {key: np.stack([p[2][key] for p in points], axis=-2 if key[1] == "trained" else 0)

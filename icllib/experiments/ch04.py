@@ -59,9 +59,11 @@ def head_statistics(problem: Problem, n_heads: int, seed: int, gamma2: float = 4
                                                gamma2)}
 
 
+@cache.not_in_key("device")
 def heads_sweep(problem: Problem, heads: Sequence[int], optimiser: Optimiser, steps: int, seeds: Sequence[int],
-                eval_every: int = 50, statistics: bool = True) -> dict[int, dict]:
-    """Figure 4: the one-layer model trained with ``optimiser`` for each H in ``heads`` and each seed.
+                eval_every: int = 50, statistics: bool = True, device: str = "cpu") -> dict[int, dict]:
+    """Figure 4: the one-layer model trained with ``optimiser`` for each H in ``heads`` and each seed, on ``device``
+    (not part of a record's arguments).
 
     Returns ``{H: {"histories": [one per seed], "init": [head_statistics per seed] (if ``statistics``)}}``.
     """
@@ -70,7 +72,7 @@ def heads_sweep(problem: Problem, heads: Sequence[int], optimiser: Optimiser, st
     gamma2 = optimiser.gamma2 if isinstance(optimiser, ExactGD) else 4.0
     out = {}
     for H in heads:
-        runs = one_layer_runs(problem, H, optimiser, steps, seeds, eval_every)
+        runs = one_layer_runs(problem, H, optimiser, steps, seeds, eval_every, device)
         out[H] = {"histories": [run.history for run in runs]}
         if statistics:
             out[H]["init"] = [cache.cached_call(head_statistics, problem, H, s, gamma2) for s in seeds]
@@ -83,15 +85,16 @@ def diverged(history: train.TrainingHistory) -> bool:
     return history.stop_reason == "diverged" or not np.isfinite(gaps).all() or bool(gaps[-1] > gaps[0])
 
 
-def _scan(problem: Problem, etas: list[float], heads: list[int], gamma2: float, steps: int, seed: int
-          ) -> np.ndarray:
+def _scan(problem: Problem, etas: list[float], heads: list[int], gamma2: float, steps: int, seed: int,
+          device: str) -> np.ndarray:
     """Outcomes (etas, heads) for one seed: 1 diverged, 0 trained, -1 not run. The largest step size goes first;
     each smaller one starts at the largest H that the previous one trained, and stops at its first divergence."""
     outcome = -np.ones((len(etas), len(heads)), dtype=np.int64)
     start = 0
     for i in np.argsort(etas)[::-1]:
         for j in range(start, len(heads)):
-            run = cache.cached_call(one_layer_run, problem, heads[j], ExactGD(etas[i], gamma2), steps, seed, 5)
+            run = cache.cached_call(one_layer_run, problem, heads[j], ExactGD(etas[i], gamma2), steps, seed, 5,
+                                    device)
             outcome[i, j] = int(diverged(run.history))
             if outcome[i, j]:
                 break
@@ -100,8 +103,9 @@ def _scan(problem: Problem, etas: list[float], heads: list[int], gamma2: float, 
     return outcome
 
 
+@cache.not_in_key("device")
 def divergence_sweep(problem: Problem, etas: Sequence[float], heads: Sequence[int], steps: int,
-                     seeds: Sequence[int], gamma2: float = 4.0) -> dict[str, np.ndarray]:
+                     seeds: Sequence[int], gamma2: float = 4.0, device: str = "cpu") -> dict[str, np.ndarray]:
     """For each step size eta_Q in ``etas`` (eta_w = ``gamma2`` eta_Q), gradient descent for ``steps`` steps from
     the initialisation of each seed, H scanned upward through ``heads`` until the first divergence (:func:`diverged`).
 
@@ -115,7 +119,7 @@ def divergence_sweep(problem: Problem, etas: Sequence[float], heads: Sequence[in
     etas = [check_float("eta", e, minimum=0.0, strict=True) for e in etas]
     steps = check_int("steps", steps, minimum=1)
     gamma2 = check_float("gamma2", gamma2, minimum=0.0, strict=True)
-    outcome = np.stack([_scan(problem, etas, heads, gamma2, steps, s) for s in seeds], axis=-1)
+    outcome = np.stack([_scan(problem, etas, heads, gamma2, steps, s, device) for s in seeds], axis=-1)
     ell0 = np.array([[cache.cached_call(head_statistics, problem, H, s, gamma2)["ell0"] for s in seeds]
                      for H in heads])
     threshold = np.full((len(etas), len(seeds)), math.nan)
