@@ -293,9 +293,11 @@ def provenance(fn: Callable, wall_s: float) -> dict:
     except ImportError:  # pragma: no cover - a dependency
         transformers_version = None
     return {
-        # ICL_COMMIT names the commit where the checkout has no .git (a copy of the tree sent to a GPU machine)
-        "commit": _git("rev-parse", "HEAD") or os.environ.get("ICL_COMMIT", ""),
-        "dirty": bool(_git("status", "--porcelain", "--", "icllib")),
+        # ICL_COMMIT names the commit of a clean tree copied to another machine (a GPU machine's copy may carry a
+        # stale .git, or none); otherwise git says, and whether icllib differs from it
+        "commit": os.environ.get("ICL_COMMIT", "").strip() or _git("rev-parse", "HEAD"),
+        "dirty": False if os.environ.get("ICL_COMMIT", "").strip() else bool(_git("status", "--porcelain", "--",
+                                                                                     "icllib")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": _device_name(), "dtype": settings.dtype(), "torch": torch.__version__,
         "transformers": transformers_version, "python": platform.python_version(), "wall_s": round(wall_s, 3),
