@@ -159,6 +159,17 @@ def pending() -> dict[str, dict]:
     return listed
 
 
+def _unlist(name: str) -> None:
+    """Take a record that has just been made off the pending lists (it is no longer pending)."""
+    root = records_dir()
+    for path in [root / "pending.json", *root.glob("*/pending.json")]:
+        if path.is_file():
+            listed = json.loads(path.read_text())
+            if name in listed:
+                del listed[name]
+                path.write_text(json.dumps(listed, indent=1) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Encoding: plain data in JSON, arrays in .npz
 # ----------------------------------------------------------------------------------------------------------------
@@ -278,15 +289,34 @@ def _git(*args: str) -> str:
         return ""
 
 
-def _device_name() -> str:
-    device = settings.device()
+def _device_name(used: str | torch.device | None = None) -> str:
+    device = str(used) if used is not None else settings.device()
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def provenance(fn: Callable, wall_s: float) -> dict:
-    """Commit, date, device, dtype, versions, wall time and the hash of the source that computed the record."""
+def _device_used(fn: Callable, args: tuple, kwargs: dict) -> str | torch.device:
+    """The device a computation ran on, as far as its arguments say: a ``device`` argument, else the device of a
+    model passed in, else the CPU (the book's small trainings and closed forms never leave it)."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+    except (TypeError, ValueError):
+        return settings.device()
+    if isinstance(bound.arguments.get("device"), (str, torch.device)):
+        return bound.arguments["device"]
+    for value in bound.arguments.values():
+        if isinstance(value, torch.nn.Module):
+            parameter = next(value.parameters(), None)
+            if parameter is not None:
+                return parameter.device
+    return "cpu"
+
+
+def provenance(fn: Callable, wall_s: float, device: str | torch.device | None = None) -> dict:
+    """Commit, date, device (``device``, else ICL_DEVICE's), dtype, versions, wall time and the hash of the source
+    that computed the record."""
     try:
         import transformers
         transformers_version = transformers.__version__
@@ -299,7 +329,7 @@ def provenance(fn: Callable, wall_s: float) -> dict:
         "dirty": False if os.environ.get("ICL_COMMIT", "").strip() else bool(_git("status", "--porcelain", "--",
                                                                                      "icllib")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": _device_name(), "dtype": settings.dtype(), "torch": torch.__version__,
+        "device": _device_name(device), "dtype": settings.dtype(), "torch": torch.__version__,
         "transformers": transformers_version, "python": platform.python_version(), "wall_s": round(wall_s, 3),
         "function": f"{fn.__module__}.{fn.__qualname__}", "source": _source(fn),
     }
@@ -332,6 +362,7 @@ def write(name: str, value: Any, arguments: dict, info: dict) -> Path:
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     tmp.replace(json_path)
+    _unlist(name)
     return json_path
 
 
@@ -384,7 +415,7 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
             return cache.cached_call(fn, *args, **kwargs)
     if current in ("record", "record-ci"):
         value, wall_s = cache.timed_call(fn, *args, **kwargs)  # resumable: a finished step is read back
-        write(name if current == "record" else ci_name(name), value, arguments, provenance(fn, wall_s))
+        write(name if current == "record" else ci_name(name), value, arguments, provenance(fn, wall_s, _device_used(fn, args, kwargs)))
         return value
     if not json_path.is_file() and name in pending():
         entry = pending()[name]

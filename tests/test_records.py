@@ -207,3 +207,33 @@ def test_record_only_computes_the_selected_records_and_reads_the_others(env, tmp
     assert (tmp_path / "records/ch99/b-1.json").is_file()
     env.delenv("ICL_RECORD_ONLY")
     assert records.selected("ch99/a")
+
+
+def on_device(x: int, device: str = "cpu"):
+    return x
+
+
+def test_provenance_names_the_device_the_computation_used(env, tmp_path):
+    _set_mode(env, "record")
+    env.setenv("ICL_DEVICE", "cuda:0")  # a GPU machine, as far as the records can tell
+    env.setattr(torch.cuda, "is_available", lambda: True)
+    env.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    records.result("ch99/gpu", on_device, 1, device="cuda:0")
+    assert records.read("ch99/gpu").provenance["device"] == "Fake GPU"
+    records.result("ch99/cpu", train_like, 2)
+    assert records.read("ch99/cpu").provenance["device"].startswith("cpu")  # no device argument: the CPU
+    records.result("ch99/model", lambda model: 1, torch.nn.Linear(2, 2))
+    assert records.read("ch99/model").provenance["device"].startswith("cpu")  # the model's own device
+    records.result("ch99/dev", on_device, 1, device="cpu")
+    assert records.read("ch99/dev").provenance["device"].startswith("cpu")
+
+
+def test_making_a_pending_record_takes_it_off_the_pending_list(env, tmp_path):
+    listed = {"ch99/slow": {"command": "make record CHAPTERS=99", "reason": "hours"}, "ch99/other": {}}
+    (tmp_path / "records/ch99").mkdir(parents=True)
+    (tmp_path / "records/ch99/pending.json").write_text(json.dumps(listed))
+    _set_mode(env, "replay")
+    assert records.is_pending(records.result("ch99/slow", train_like, 2))
+    _set_mode(env, "record")
+    records.result("ch99/slow", train_like, 2)
+    assert set(records.pending()) == {"ch99/other"}
