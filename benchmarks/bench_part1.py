@@ -11,7 +11,13 @@ K = 200, d = 100, m = 20, H = 64, tau = 0.1) it measures
    and prints the ratios to (a), measured in the same run;
 2. the time of one exact-GD step with autograd through the gap against the closed-form dL/dA_tilde chained into
    ``A_tilde.backward``, float64 against float32;
-3. the time of one exact-GD step as H and K grow.
+3. the time of one exact-GD step as H and K grow;
+4. the four-layer transformer at the paper's width (d_model 256, feed-forward 512, 8 heads; Figures 2b and 5), one
+   Monte-Carlo Adam step (batches of 256) in each precision of ``train.PRECISIONS``: float32 (the baseline), TF32 and
+   bfloat16 autocast, from the same initialisation on the same batches, with the time per step and the losses after
+   the run relative to float32. On CUDA all three run; without CUDA it says so, measures float32 and bfloat16 on
+   the CPU for a few steps on batches of 16, and skips TF32 (a CUDA tensor-core mode). ``--section precision``
+   runs only this part.
 
 Times are training seconds (evaluations excluded), on whatever cores this machine gives; only the ratios travel.
 """
@@ -26,6 +32,7 @@ from pathlib import Path
 import torch
 
 from icllib import basis, kernels, train
+from icllib.models.multilayer import MultiLayerTransformer
 from icllib.models.one_layer import OneLayerMultiHead
 
 PAPER = {"n_labeled": 30, "n_tokens": 200, "dim": 100, "m": 20, "n_heads": 64, "tau": 0.1}
@@ -91,13 +98,66 @@ def time_step(n_heads: int, n_tokens: int, mode: str = "autograd", dtype=torch.f
     return 1e3 * sorted(times)[len(times) // 2]
 
 
+def four_layer_precision(steps: int, device: str, batch_size: int = 256) -> list[dict]:
+    """Train the paper-width four-layer transformer for ``steps`` Adam steps in each precision; per precision: ms per
+    step and the final training and in-domain inference losses (all from one initialisation and one batch order)."""
+    p = PAPER
+    tokens, Z_all, _ = problem(p["n_tokens"], p["dim"], p["m"])
+    test = train.make_test_prompts(Z_all, p["n_labeled"], p["tau"], torch.Generator().manual_seed(1), n_prompts=64)
+    rows = []
+    for precision in ("warm-up", *train.PRECISIONS):  # a first short run pays for the device's lazy start-up
+        if precision == "tf32" and not device.startswith("cuda"):
+            rows.append({"precision": precision, "skipped": "CUDA absent (TF32 is a CUDA tensor-core mode)"})
+            continue
+        model = MultiLayerTransformer(tokens, p["n_labeled"], 256, 4, 8, 512,
+                                      generator=torch.Generator().manual_seed(4)).to(device)
+        n = min(steps, 2) if precision == "warm-up" else steps
+        hist = train.train_adam_monte_carlo(model, Z_all, p["tau"], n, 10_000, batch_size, 1e-4, eval_every=n,
+                                            test_prompts=test, generator=torch.Generator().manual_seed(5),
+                                            precision="float32" if precision == "warm-up" else precision,
+                                            progress=False)
+        if precision == "warm-up":
+            continue
+        rows.append({"precision": precision, "ms_per_step": 1e3 * hist.step_time_s, "train_loss": hist.train_loss[-1],
+                     "in_domain": hist.in_domain[-1]})
+    return rows
+
+
+def print_precision(rows: list[dict], device: str, steps: int, batch_size: int) -> None:
+    base = rows[0]
+    print(f"\nFour-layer transformer at the paper's width, {steps} Monte-Carlo Adam steps on {device} "
+          f"(batches of {batch_size}; ratios against float32 in this run)")
+    if not device.startswith("cuda"):
+        print("CUDA absent: measuring what a CPU can (float32 and bfloat16 autocast, on small batches); TF32 is not "
+              "measured. The records that need these runs wait for a GPU (records/ch03, ch04 pending.json).")
+    print(f"{'precision':<10}{'ms/step':>10}{'speed-up':>10}{'train loss':>13}{'rel. diff':>11}{'in-domain':>12}"
+          f"{'rel. diff':>11}")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['precision']:<10}  skipped: {r['skipped']}")
+            continue
+        print(f"{r['precision']:<10}{r['ms_per_step']:>10.1f}{base['ms_per_step'] / r['ms_per_step']:>9.2f}x"
+              f"{r['train_loss']:>13.4f}{r['train_loss'] / base['train_loss'] - 1:>+11.2%}{r['in_domain']:>12.4f}"
+              f"{r['in_domain'] / base['in_domain'] - 1:>+11.2%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short caps and fewer sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--section", choices=("all", "precision"), default="all",
+                        help="'precision': only the four-layer precision comparison (section 4)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # A CPU takes seconds for one step of the paper's batch: there it measures a few steps on batches of 16.
+    precision_steps = (20 if args.quick else 200) if device == "cuda" else (1 if args.quick else 3)
+    precision_batch = 256 if device == "cuda" else 16
+    if args.section == "precision":
+        print_precision(four_layer_precision(precision_steps, device, precision_batch), device, precision_steps,
+                        precision_batch)
+        return
     cap_exact, cap_mc = (60.0, 15.0) if args.quick else (600.0, 60.0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper size {PAPER}")
 
@@ -155,10 +215,16 @@ def main() -> None:
     print(f"ratio of the largest to the smallest size: {grid[heads[-1]][-1] / ref:.1f}x "
           f"(H x K grew {heads[-1] * tokens[-1] / (heads[0] * tokens[0]):.0f}x)")
 
+    # 4. The paper-width four-layer transformer in each precision.
+    precision = four_layer_precision(precision_steps, device, precision_batch)
+    print_precision(precision, device, precision_steps, precision_batch)
+
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     record = {"quick": args.quick, "step_variants": rows, "time_to_target": results,
-              "step_grid": {str(h): dict(zip(map(str, tokens), v, strict=True)) for h, v in grid.items()}}
+              "step_grid": {str(h): dict(zip(map(str, tokens), v, strict=True)) for h, v in grid.items()},
+              "four_layer_precision": {"device": device, "steps": precision_steps, "batch_size": precision_batch,
+                                       "rows": precision}}
     (out / "bench_part1.json").write_text(json.dumps(record, indent=2))
 
 

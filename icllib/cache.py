@@ -46,6 +46,11 @@ __all__ = ["fingerprint", "source_hash", "config_key", "cache_path", "cached", "
            "not_in_key"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
+# Modules that cannot change a computed result (tables of the papers' numbers, what a page shows, how records and
+# cache entries are stored, test stand-ins): editing them neither recomputes a cached result nor marks a record of
+# the full edition as stale.
+_NOT_COMPUTATION = ("icllib.papers", "icllib.book", "icllib.plotting", "icllib.records", "icllib.testing",
+                    "icllib.cache")
 # Arguments that never change a result; functions name more with :func:`not_in_key`.
 _ALWAYS_IGNORED = ("progress",)
 
@@ -89,7 +94,8 @@ def _imported_modules(name: str, path: Path, known: Mapping[str, Path]) -> set[s
 
 @functools.lru_cache(maxsize=None)
 def _closure_digest(roots: tuple[str, ...]) -> str:
-    known = _module_files()
+    known = {name: path for name, path in _module_files().items()
+             if not any(name == m or name.startswith(m + ".") for m in _NOT_COMPUTATION)}
     todo, seen = [r for r in roots if r in known], set()
     while todo:
         name = todo.pop()
@@ -108,7 +114,8 @@ def source_hash(*modules: str | types.ModuleType | Callable) -> str:
 
     Each argument is a module, a module name or a function (its module is used); with none, the whole package.
     Imports are read statically from the files, so the hash changes exactly when a file that the code can reach
-    changes (a comment included: the cache errs on the side of recomputing).
+    changes (a comment included: the cache errs on the side of recomputing). Modules that cannot change a result
+    (the papers' tables, page helpers, record and cache storage, test stand-ins) are left out.
     """
     names = []
     for item in modules:
@@ -177,7 +184,10 @@ def fingerprint(value: Any) -> Any:
     if isinstance(value, torch.nn.Module):
         return _module_fingerprint(value)
     if callable(getattr(value, "encode", None)) and callable(getattr(value, "decode", None)):
-        return {"tokenizer": type(value).__qualname__, "name": str(getattr(value, "name_or_path", "")),
+        # A tokenizer read from a local folder (the de-quantised GGUF model under ICL_CACHE_DIR) is named by that
+        # folder's name, not its path: moving the cache or the checkout must not change a key or a record's arguments.
+        name = str(getattr(value, "name_or_path", ""))
+        return {"tokenizer": type(value).__qualname__, "name": Path(name).name if Path(name).is_absolute() else name,
                 "vocab": int(getattr(value, "vocab_size", 0) or 0)}
     if isinstance(value, types.MethodType):
         return {"method": value.__func__.__qualname__, "of": fingerprint(value.__self__)}

@@ -238,7 +238,7 @@ def _as_pairs(name: str, pairs) -> tuple[tuple[str, str], ...]:
 # ----------------------------------------------------------------------------------------------------------------
 # Scorers: one signature everywhere
 # ----------------------------------------------------------------------------------------------------------------
-#: A scoring rule ``scorer(prediction, x, y) -> bool``: is the decoded ``prediction`` right for the query ``x`` whose
+#: A scoring rule ``scorer(prediction, x, y) -> bool`` — is the decoded ``prediction`` right for the query ``x`` whose
 #: answer is ``y``? (Prediction first, as dtsip's metrics ``(ys_pred, ys)``.) A :class:`Task` is accepted wherever a
 #: scorer is: its :meth:`Task.score` has this signature.
 Scorer = Callable[[str, str, str], bool]

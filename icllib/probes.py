@@ -8,7 +8,8 @@ determination on held-out ones,
 pooled over the output coordinates (``Ybar`` the training mean, so a probe that has learned nothing scores about 0
 and a perfect one 1; held-out R^2 can be negative). Chapter 10 probes lambda_hat (m numbers) from the residual stream
 at each layer of a trained causal transformer, to compare the layer where lambda_hat is most linearly decodable with
-the layer where patching the task vector works best.
+the layer where patching the task vector works best, with the controls of :func:`probe_with_controls` (the raw labels,
+a random linear image of them), which tell a state that holds lambda_hat from one that merely holds the labels.
 
 The ridge penalty is relative: ``reg`` times the mean eigenvalue of the centred Gram matrix ``X_c^T X_c``, so the
 same ``reg`` means the same thing at every layer whatever the scale of the hidden states.
@@ -23,7 +24,8 @@ import torch
 
 from icllib._checks import as_float_tensor, check_float, check_generator, check_int
 
-__all__ = ["LinearProbe", "fit_linear_probe", "r2_score", "ProbeCurve", "probe_layers"]
+__all__ = ["LinearProbe", "fit_linear_probe", "r2_score", "ProbeCurve", "probe_layers", "random_linear_image",
+           "probe_with_controls"]
 
 
 def _pair(X, Y, x_name: str = "X", y_name: str = "Y") -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,3 +174,40 @@ def probe_layers(
         r2_train[layer] = _r2(targets[train], probe._predict(X[train]), probe.y_mean)
         r2_test[layer] = _r2(targets[test], probe._predict(X[test]), probe.y_mean)
     return ProbeCurve(r2_test=r2_test, r2_train=r2_train, n_train=n_train, n_test=n - n_train)
+
+
+def random_linear_image(labels, q: int, generator: torch.Generator) -> torch.Tensor:
+    """``labels @ G^T`` for a fixed random ``G`` (q, N) with N(0, 1/N) entries: a linear image of the labels
+    (n, N) that is not lambda_hat, of the same size q as it (the probe's control). Returns (n, q) float64."""
+    labels = as_float_tensor("labels", labels, ndim=2).double()
+    q = check_int("q", q, minimum=1)
+    check_generator("generator", generator)
+    G = torch.randn(q, labels.shape[1], generator=generator, dtype=torch.float64) / labels.shape[1] ** 0.5
+    return labels @ G.T
+
+
+def probe_with_controls(states, target, labels, n_train: int | None = None, reg: float = 1e-6,
+                        generator: torch.Generator | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Held-out R^2 per layer (P1) of three linear probes from the same ``states`` (n, L, p):
+
+    - ``"target"``: the quantity of interest (n, q), e.g. lambda_hat(S);
+    - ``"labels"``: the raw labels (n, N) in the order the prompt shows them;
+    - ``"random image"``: a random linear image of those labels of the target's size q
+      (:func:`random_linear_image`, ``G`` drawn from ``seed``).
+
+    When the prompt's order is fixed, lambda_hat is a fixed linear image of the labels, so its probe scores what the
+    labels' probe scores; only with the order shuffled per prompt does a target probe above the random image's say
+    that the state holds the target rather than the labels. Split and ``reg`` as in :func:`probe_layers`.
+    """
+    target = as_float_tensor("target", target, ndim=(1, 2))
+    labels = as_float_tensor("labels", labels, ndim=2)
+    if labels.shape[0] != target.shape[0]:
+        raise ValueError(f"labels must have {target.shape[0]} rows like target, got {tuple(labels.shape)}")
+    seed = check_int("seed", seed, minimum=0)
+    q = 1 if target.ndim == 1 else target.shape[1]
+    image = random_linear_image(labels, q, torch.Generator().manual_seed(seed))
+    curves = {}
+    for name, values in (("target", target), ("labels", labels), ("random image", image)):
+        split = None if generator is None else torch.Generator().set_state(generator.get_state())
+        curves[name] = probe_layers(states, values, n_train, reg, split).r2_test
+    return curves

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import hashlib
 import importlib
 import inspect
@@ -47,7 +48,7 @@ import torch
 from icllib import cache, settings
 
 __all__ = ["RecordError", "Pending", "is_pending", "Record", "mode", "records_dir", "result", "read", "write",
-           "pending", "describe_arguments", "provenance"]
+           "pending", "describe_arguments", "provenance", "selected"]
 
 _MODES = ("live", "record", "replay", "compute")
 _FORMAT = 1  # bumped when the file layout changes
@@ -91,14 +92,25 @@ class Record:
 # Where and in which edition
 # ----------------------------------------------------------------------------------------------------------------
 def mode() -> str:
-    """``"live"``, ``"record"``, ``"replay"`` or ``"compute"``, from ``ICL_FULL``, ``ICL_RECORD``, ``ICL_COMPUTE``."""
+    """``"live"``, ``"record"``, ``"record-ci"``, ``"replay"`` or ``"compute"``, from ``ICL_FULL``, ``ICL_RECORD``
+    and ``ICL_COMPUTE``. ``"record-ci"`` (``ICL_RECORD=1`` without ``ICL_FULL``) records the CI-size results too,
+    under ``records/chNN/ci/``, for the reproduction table that sets both editions side by side."""
+    recording = os.environ.get("ICL_RECORD", "").strip() == "1"
     if not settings.full_size():
-        return "live"
-    if os.environ.get("ICL_RECORD", "").strip() == "1":
+        return "record-ci" if recording else "live"
+    if recording:
         return "record"
     if os.environ.get("ICL_COMPUTE", "").strip() == "1":
         return "compute"
     return "replay"
+
+
+def selected(name: str) -> bool:
+    """Whether ``make record`` computes the record ``name``: all of them, unless ``ICL_RECORD_ONLY`` (``ONLY=`` in
+    ``make record``) names some, as comma-separated shell patterns (``ch03/four-layer,ch10/grid/d8-*``). The others
+    are read back (or stay pending), so that several processes can record disjoint parts of one chapter at once."""
+    patterns = [p.strip() for p in os.environ.get("ICL_RECORD_ONLY", "").split(",") if p.strip()]
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def records_dir() -> Path:
@@ -117,7 +129,14 @@ def _paths(name: str) -> tuple[Path, Path]:
     if not isinstance(name, str) or not name or name.startswith("/") or ".." in name or "\\" in name:
         raise ValueError(f"name must be a relative record name such as 'ch03/four-layer', got {name!r}")
     base = records_dir() / name
-    return base.with_suffix(".json"), base.with_suffix(".npz")
+    # Names may hold dots (``ch09/train-tau0.5-seed1``): append the extension, never replace a "suffix".
+    return base.with_name(base.name + ".json"), base.with_name(base.name + ".npz")
+
+
+def ci_name(name: str) -> str:
+    """Where the CI-size twin of record ``name`` lives: ``"ch05/tasks"`` -> ``"ch05/ci/tasks"``."""
+    head, _, rest = name.partition("/")
+    return f"{head}/ci/{rest}" if rest else f"ci/{head}"
 
 
 def _chapter(name: str) -> str:
@@ -138,6 +157,17 @@ def pending() -> dict[str, dict]:
         if path.is_file():
             listed.update(json.loads(path.read_text()))
     return listed
+
+
+def _unlist(name: str) -> None:
+    """Take a record that has just been made off the pending lists (it is no longer pending)."""
+    root = records_dir()
+    for path in [root / "pending.json", *root.glob("*/pending.json")]:
+        if path.is_file():
+            listed = json.loads(path.read_text())
+            if name in listed:
+                del listed[name]
+                path.write_text(json.dumps(listed, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,24 +289,47 @@ def _git(*args: str) -> str:
         return ""
 
 
-def _device_name() -> str:
-    device = settings.device()
+def _device_name(used: str | torch.device | None = None) -> str:
+    device = str(used) if used is not None else settings.device()
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def provenance(fn: Callable, wall_s: float) -> dict:
-    """Commit, date, device, dtype, versions, wall time and the hash of the source that computed the record."""
+def _device_used(fn: Callable, args: tuple, kwargs: dict) -> str | torch.device:
+    """The device a computation ran on, as far as its arguments say: a ``device`` argument, else the device of a
+    model passed in, else the CPU (the book's small trainings and closed forms never leave it)."""
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+    except (TypeError, ValueError):
+        return settings.device()
+    if isinstance(bound.arguments.get("device"), (str, torch.device)):
+        return bound.arguments["device"]
+    for value in bound.arguments.values():
+        if isinstance(value, torch.nn.Module):
+            parameter = next(value.parameters(), None)
+            if parameter is not None:
+                return parameter.device
+    return "cpu"
+
+
+def provenance(fn: Callable, wall_s: float, device: str | torch.device | None = None) -> dict:
+    """Commit, date, device (``device``, else ICL_DEVICE's), dtype, versions, wall time and the hash of the source
+    that computed the record."""
     try:
         import transformers
         transformers_version = transformers.__version__
     except ImportError:  # pragma: no cover - a dependency
         transformers_version = None
     return {
-        "commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "icllib")),
+        # ICL_COMMIT names the commit of a clean tree copied to another machine (a GPU machine's copy may carry a
+        # stale .git, or none); otherwise git says, and whether icllib differs from it
+        "commit": os.environ.get("ICL_COMMIT", "").strip() or _git("rev-parse", "HEAD"),
+        "dirty": False if os.environ.get("ICL_COMMIT", "").strip() else bool(_git("status", "--porcelain", "--",
+                                                                                     "icllib")),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": _device_name(), "dtype": settings.dtype(), "torch": torch.__version__,
+        "device": _device_name(device), "dtype": settings.dtype(), "torch": torch.__version__,
         "transformers": transformers_version, "python": platform.python_version(), "wall_s": round(wall_s, 3),
         "function": f"{fn.__module__}.{fn.__qualname__}", "source": _source(fn),
     }
@@ -309,6 +362,7 @@ def write(name: str, value: Any, arguments: dict, info: dict) -> Path:
     tmp = json_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     tmp.replace(json_path)
+    _unlist(name)
     return json_path
 
 
@@ -355,9 +409,13 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
     if current in ("live", "compute"):
         return cache.cached_call(fn, *args, **kwargs)
     arguments = describe_arguments(fn, *args, **kwargs)
-    if current == "record":
+    if current in ("record", "record-ci") and not selected(name):
+        current = "replay" if current == "record" else "live"  # outside ICL_RECORD_ONLY: read, never recompute
+        if current == "live":
+            return cache.cached_call(fn, *args, **kwargs)
+    if current in ("record", "record-ci"):
         value, wall_s = cache.timed_call(fn, *args, **kwargs)  # resumable: a finished step is read back
-        write(name, value, arguments, provenance(fn, wall_s))
+        write(name if current == "record" else ci_name(name), value, arguments, provenance(fn, wall_s, _device_used(fn, args, kwargs)))
         return value
     if not json_path.is_file() and name in pending():
         entry = pending()[name]
@@ -376,16 +434,27 @@ def result(name: str, fn: Callable, /, *args, **kwargs) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 # `make record`: run chapters as scripts at the papers' size, writing their records
 # ----------------------------------------------------------------------------------------------------------------
-def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = None) -> None:
-    """Run each chapter (``"03"`` or ``"03_ridge_generalisation"``) as a script with ``ICL_FULL=1 ICL_RECORD=1``.
+def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = None,
+                    editions: tuple[str, ...] = ("full", "ci")) -> None:
+    """Run each chapter (``"03"`` or ``"03_ridge_generalisation"``) as a script with ``ICL_RECORD=1``: at the
+    papers' size (``"full"``, ``ICL_FULL=1``) and at the CI size (``"ci"``, whose records under
+    ``records/chNN/ci/`` feed the reproduction table).
 
-    The chapter's own cells compute, write their records and check their asserts at the papers' size. Every step
-    is cached, so a run cut off by a time limit resumes where it stopped.
+    The chapter's own cells compute, write their records and check their asserts at each size. Every step is
+    cached, so a run cut off by a time limit resumes where it stopped.
     """
     root = settings.repository_root()
     if root is None:
         raise RecordError("make record runs in a checkout of the book's repository")
-    env = {**os.environ, **(environ or {}), "ICL_FULL": "1", "ICL_RECORD": "1", "MPLBACKEND": "Agg"}
+    for edition in editions:
+        if edition not in ("full", "ci"):
+            raise ValueError(f"editions must hold 'full' and/or 'ci', got {edition!r}")
+        env = {**os.environ, **(environ or {}), "ICL_FULL": "1" if edition == "full" else "0", "ICL_RECORD": "1",
+               "MPLBACKEND": "Agg"}
+        _run_scripts(root, chapters, env, edition)
+
+
+def _run_scripts(root: Path, chapters: list[str], env: Mapping[str, str], edition: str) -> None:
     for chapter in chapters:
         matches = sorted((root / "chapters").glob(f"{chapter}*.md"))
         if len(matches) != 1:
@@ -394,14 +463,17 @@ def record_chapters(chapters: list[str], environ: Mapping[str, str] | None = Non
         script.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--to", "py:percent", "-o", str(script),
                         str(matches[0])], check=True)
-        print(f"== recording {matches[0].stem}", flush=True)
+        print(f"== recording {matches[0].stem} ({edition} size)", flush=True)
         start = time.perf_counter()
         subprocess.run([sys.executable, str(script)], cwd=root / "chapters", env=env, check=True)
         print(f"== {matches[0].stem}: done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    wanted = [c for arg in sys.argv[1:] for c in arg.replace(",", " ").split()]
+    # python -m icllib.records [CHAPTERS ...] [--edition full|ci]   (default: every chapter, both sizes)
+    words = [w for arg in sys.argv[1:] for w in arg.replace(",", " ").split()]
+    chosen = tuple(words[i + 1] for i, w in enumerate(words[:-1]) if w == "--edition") or ("full", "ci")
+    wanted = [w for i, w in enumerate(words) if w != "--edition" and (i == 0 or words[i - 1] != "--edition")]
     if not wanted:
         wanted = sorted(p.name[:2] for p in (settings.repository_root() / "chapters").glob("[0-9][0-9]_*.md"))
-    record_chapters(wanted)
+    record_chapters(wanted, editions=chosen)

@@ -26,9 +26,10 @@ prediction. Part III's causal sequence model trains through the same loop
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from icllib import kernels
-from icllib._checks import as_float_tensor, check_float, check_generator, check_int
+from icllib._checks import as_float_tensor, check_choice, check_float, check_generator, check_int
 from icllib.kernels import exact_gap
 from icllib.prompts import PromptBatch, _sample_prompts
 
@@ -51,6 +52,7 @@ __all__ = [
     "train_exact_gd",
     "train_adam_exact",
     "train_adam_monte_carlo",
+    "PRECISIONS",
 ]
 
 
@@ -435,6 +437,29 @@ def train_adam_exact(
 # --------------------------------------------------------------------------------------------------------------------
 # 3. The paper's recipe: Adam on Monte-Carlo prompts
 # --------------------------------------------------------------------------------------------------------------------
+#: The arithmetic of a Monte-Carlo training step — ``"float32"`` (the default, exact float32 products), ``"tf32"``
+#: (float32 tensors, matrix products on CUDA tensor cores in TF32; elsewhere the same as float32) and ``"bf16"``
+#: (the forward pass under ``torch.autocast`` in bfloat16, the loss and the optimiser in float32).
+PRECISIONS = ("float32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def _step_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """The forward pass of one training step in ``precision`` (see :data:`PRECISIONS`); settings restored after."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32" and device.type == "cuda":
+        saved = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")  # float32 matrix products in TF32 on tensor cores
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(saved)
+    else:
+        yield
+
+
 def train_adam_monte_carlo(
     model: nn.Module,
     Z_all,
@@ -450,6 +475,7 @@ def train_adam_monte_carlo(
     time_budget_s: float | None = None,
     stop_at_inference: float | None = None,
     callback: Callable[[int, nn.Module], None] | None = None,
+    precision: str = "float32",
     progress: bool = True,
 ) -> TrainingHistory:
     """The paper's training: Adam on L_hat = (1/2K) mean_batch sum_k (yhat_k - y_k)^2 over sampled prompts.
@@ -459,32 +485,55 @@ def train_adam_monte_carlo(
     ``batch_size`` of them (reshuffled every epoch). Any model with ``n_labeled`` and
     ``model(y (..., N)) -> (..., K)`` trains, in its own dtype and on its own device. The gap L - L* in the history
     is exact for the one-layer model and a Monte-Carlo estimate on the in-domain test prompts otherwise.
-    ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time).
+    ``time_budget_s`` counts training seconds only (Figure 5 compares models at equal time). ``precision``
+    (:data:`PRECISIONS`) sets the arithmetic of the training step only, on a float32 model: ``"tf32"`` or ``"bf16"``
+    make the paper-width transformer fast on a GPU (``benchmarks/bench_part1.py`` measures them against
+    ``"float32"``); evaluations always run in the model's own precision.
     """
     check_generator("generator", generator)
     n_train_prompts = check_int("n_train_prompts", n_train_prompts, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1, maximum=n_train_prompts)
     lr = check_float("lr", lr, minimum=0.0, strict=True)
+    precision = check_choice("precision", precision, PRECISIONS)
     setup = _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
                    callback, progress, need_linear=False)
-    K, param = setup.n_tokens, next(model.parameters())
+    param = next(model.parameters())
+    if precision != "float32" and param.dtype != torch.float32:
+        raise ValueError(f"precision={precision!r} needs a float32 model, got parameters of dtype {param.dtype}")
     train = _sample_prompts(setup.Z_all, setup.n_labeled, setup.tau, n_train_prompts, generator)
     # The prompts live where the model lives (a GPU, if the model was moved there), in its dtype.
     y_train, target = train.y.to(param.device, param.dtype), train.y_all.to(param.device, param.dtype)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
+    step = _monte_carlo_step(model, torch.optim.Adam(model.parameters(), lr=lr), y_train, target, batch_size,
+                             generator, precision)
+    config = {"lr": lr, "batch_size": batch_size, "n_train_prompts": n_train_prompts, "tau": setup.tau,
+              "precision": precision}
+    return _train("Monte-Carlo Adam", model, setup, step, test_prompts, generator, callback, config)
+
+
+def _monte_carlo_step(model: nn.Module, optimizer: torch.optim.Optimizer, y_train: torch.Tensor,
+                      target: torch.Tensor, batch_size: int, generator: torch.Generator, precision: str) -> Step:
+    """One Adam step on the next minibatch; every epoch reorders the training prompts (one ``randperm``), after
+    which each minibatch is a contiguous slice (the same batches as indexing, without a gather per step)."""
+    n_prompts, n_tokens, device = y_train.shape[0], target.shape[-1], y_train.device
+
+    def reorder() -> tuple[torch.Tensor, torch.Tensor]:
+        order = torch.randperm(n_prompts, generator=generator).to(device)
+        return y_train[order], target[order]
+
+    shuffled, cursor = reorder(), 0
 
     def step(_batch: object) -> float:
-        nonlocal order, cursor
-        if cursor + batch_size > n_train_prompts:
-            order, cursor = torch.randperm(n_train_prompts, generator=generator), 0
-        idx = order[cursor : cursor + batch_size].to(param.device)
+        nonlocal shuffled, cursor
+        if cursor + batch_size > n_prompts:
+            shuffled, cursor = reorder(), 0
+        y, y_all = (t[cursor : cursor + batch_size] for t in shuffled)
         cursor += batch_size
         optimizer.zero_grad(set_to_none=True)
-        loss = ((model(y_train[idx]) - target[idx]) ** 2).sum(-1).mean() / (2 * K)
+        with _step_precision(precision, device):
+            prediction = model(y)
+        loss = ((prediction.to(y_all.dtype) - y_all) ** 2).sum(-1).mean() / (2 * n_tokens)  # in the model's dtype
         loss.backward()
         optimizer.step()
         return float(loss.detach())
 
-    config = {"lr": lr, "batch_size": batch_size, "n_train_prompts": n_train_prompts, "tau": setup.tau}
-    return _train("Monte-Carlo Adam", model, setup, step, test_prompts, generator, callback, config)
+    return step

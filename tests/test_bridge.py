@@ -104,7 +104,7 @@ def test_sequence_layout_and_writer(dictionary):
     tokens, _ = dictionary
     layout = bridge.SequenceLayout(D)
     assert layout.d_input == D + 5 and layout.length(N) == 3 * N + 3
-    assert layout.arrow_positions(2).tolist() == [2, 5, 8]
+    assert layout.predict_positions(2).tolist() == [2, 5, 8]
     demo = torch.tensor([[0, 1], [3, 2]])
     y = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=torch.float64)
     query = torch.tensor([7, 9])
@@ -116,7 +116,7 @@ def test_sequence_layout_and_writer(dictionary):
     assert torch.equal(seq[1, 1, :D], tokens[3]) and torch.equal(seq[1, 4, :D], tokens[2])
     assert torch.equal(seq[1, 7, :D], tokens[9])
     assert seq[0, 3, D] == 0.5 and seq[0, 6, D] == -1.0
-    assert torch.all(seq[:, layout.arrow_positions(2), :D + 1] == 0)  # arrows carry nothing but their flag
+    assert torch.all(seq[:, layout.predict_positions(2), :D + 1] == 0)  # arrows carry nothing but their flag
     assert torch.all(seq[:, [1, 4, 7], D] == 0)  # token positions have an empty label slot
     assert seq[:, :, D + 1:].sum(-1).eq(1).all()  # exactly one flag per position
     bare = bridge.write_sequences(tokens, demo[:, :0], y[:, :0], query)
@@ -180,7 +180,7 @@ def test_sample_sequences_of_several_lengths(dictionary):
     assert mixed.inputs.shape == fixed.inputs.shape == (200, layout.length(N), D + 5)
     # the same labels, order and queries as the fixed-length batch from the same generator state
     assert torch.equal(mixed.query_index, fixed.query_index) and torch.equal(mixed.y, fixed.y)
-    assert torch.equal(mixed.query_positions, layout.arrow_positions(N)[shown])
+    assert torch.equal(mixed.query_positions, layout.predict_positions(N)[shown])
     assert torch.equal(fixed.query_positions, torch.full((200,), layout.length(N) - 1))
     for i in range(200):
         n, end = int(shown[i]), int(mixed.query_positions[i]) + 1

@@ -165,3 +165,22 @@ def test_cache_bad_input(name, config, error):
 def test_cached_call_bad_input():
     with pytest.raises(TypeError, match="fn must be callable"):
         cache.cached_call(3)
+
+
+def test_a_local_tokenizer_is_keyed_by_its_folder_name_not_its_path():
+    # Records made in one checkout are replayed in another: the de-quantised model's folder may live anywhere.
+    class Tok:
+        vocab_size = 10
+
+        def __init__(self, path):
+            self.name_or_path = path
+
+        def encode(self, text):
+            return [0]
+
+        def decode(self, ids):
+            return ""
+
+    a, b = cache.fingerprint(Tok("/one/cache/models/Model-x")), cache.fingerprint(Tok("/other/models/Model-x"))
+    assert a == b and a["name"] == "Model-x"
+    assert cache.fingerprint(Tok("org/model"))["name"] == "org/model"  # a Hugging Face id stays as it is

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from icllib.llm import ModelParts, model_parts
-from icllib.models.causal import CausalTransformer, rotate
+from icllib.models.causal import CausalTransformer, rotary_tables, rotate
 from icllib.models.multilayer import MultiLayerTransformer, gpt2_init
 
 D_IN, T = 7, 9
@@ -185,6 +185,9 @@ def test_attention_numerics_unchanged_by_the_shared_helper(positions):
     inline = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     inline = attn.proj(inline.transpose(1, 2).reshape(2, T, 16))
     assert torch.equal(attn(x, mask, position_ids), inline)
+    if positions == "rotary":  # the tables computed once per forward give the same numbers
+        tables = rotary_tables(position_ids, 4, 30.0, x.dtype)
+        assert torch.equal(attn(x, mask, tables), inline)
 
 
 def test_both_transformers_share_gpt2_init():

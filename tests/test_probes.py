@@ -107,3 +107,32 @@ def test_bad_inputs():
         probe_layers(states, Y, n_train=20)
     with pytest.raises(TypeError, match="generator"):
         probe_layers(states, Y, generator=1)
+
+
+# ------------------------------------------------------------------------------------------------ controls
+def test_probe_with_controls_tells_the_target_from_the_labels():
+    """States holding lambda = fixed map of labels *by identity* (shuffled order): the target probe scores 1, the
+    labels in shown order and their random image score far less; states holding the shown labels: the reverse."""
+    from icllib.probes import probe_with_controls, random_linear_image
+
+    gen = torch.Generator().manual_seed(0)
+    n, N = 600, 5
+    by_token = torch.randn(n, N, generator=gen, dtype=torch.float64)
+    order = torch.argsort(torch.rand(n, N, generator=gen), dim=1)
+    shown = by_token.gather(1, order)
+    target = by_token @ torch.randn(N, 1, generator=gen, dtype=torch.float64)
+    holds_target = torch.cat([target, torch.zeros(n, 3, dtype=torch.float64)], 1)[:, None, :]
+    holds_labels = shown[:, None, :]
+    states = torch.cat([holds_target, holds_labels[:, :, :4]], 1)  # layer 0: the target; layer 1: 4 of the labels
+    curves = probe_with_controls(states, target, shown)
+    assert set(curves) == {"target", "labels", "random image"}
+    assert curves["target"][0] > 0.99 and curves["labels"][0] < 0.3 and curves["random image"][0] < 0.3
+    assert curves["labels"][1] > 0.7 and curves["target"][1] < 0.5
+    image = random_linear_image(shown, 2, torch.Generator().manual_seed(1))
+    assert image.shape == (n, 2) and image.dtype == torch.float64
+    with pytest.raises(ValueError, match="labels"):
+        probe_with_controls(states, target, shown[:10])
+    with pytest.raises(ValueError, match="q"):
+        random_linear_image(shown, 0, torch.Generator())
+    with pytest.raises(TypeError, match="generator"):
+        random_linear_image(shown, 1, None)

@@ -172,3 +172,68 @@ def test_sanity_check_says_what_it_is(capsys):
         book.sanity_check(False, "broken")
     with pytest.raises(ValueError, match="what must be a non-empty description"):
         book.sanity_check(True, "")
+
+
+def test_record_ci_writes_the_ci_twin(env, tmp_path):
+    env.setenv("ICL_RECORD", "1")
+    env.setenv("ICL_FULL", "0")
+    assert records.mode() == "record-ci"
+    records.result("ch99/run", train_like, 3)
+    assert (tmp_path / "records/ch99/ci/run.json").is_file() and not (tmp_path / "records/ch99/run.json").exists()
+    assert records.read(records.ci_name("ch99/run")).value["steps"] == 3
+
+
+def test_names_with_dots_keep_their_whole_name(env, tmp_path):
+    # ch09 names its runs by tau ("train-tau0.5-seed1"): the dot is part of the name, not a file extension.
+    records.write("ch99/run-tau0.5-seed1", {"x": np.arange(2.0)}, {"tau": 0.5}, {})
+    records.write("ch99/run-tau0.1-seed1", {"x": np.arange(3.0)}, {"tau": 0.1}, {})
+    assert (tmp_path / "records/ch99/run-tau0.5-seed1.json").exists()
+    assert (tmp_path / "records/ch99/run-tau0.5-seed1.npz").exists()
+    assert len(records.read("ch99/run-tau0.5-seed1").value["x"]) == 2
+    assert len(records.read("ch99/run-tau0.1-seed1").value["x"]) == 3
+
+
+def test_record_only_computes_the_selected_records_and_reads_the_others(env, tmp_path):
+    _set_mode(env, "record")
+    records.result("ch99/a", train_like, 3, seed=1)
+    env.setenv("ICL_RECORD_ONLY", "ch99/b*, ch99/other")
+    assert records.selected("ch99/b-1") and records.selected("ch99/other") and not records.selected("ch99/a")
+    before = (tmp_path / "records/ch99/a.json").read_text()
+    np.testing.assert_array_equal(records.result("ch99/a", train_like, 3, seed=1)["loss"], train_like(3, 1)["loss"])
+    assert (tmp_path / "records/ch99/a.json").read_text() == before  # read back, not re-written
+    with pytest.raises(records.RecordError, match="other arguments"):  # outside the selection: never recomputed
+        records.result("ch99/a", train_like, 4, seed=1)
+    records.result("ch99/b-1", train_like, 2)
+    assert (tmp_path / "records/ch99/b-1.json").is_file()
+    env.delenv("ICL_RECORD_ONLY")
+    assert records.selected("ch99/a")
+
+
+def on_device(x: int, device: str = "cpu"):
+    return x
+
+
+def test_provenance_names_the_device_the_computation_used(env, tmp_path):
+    _set_mode(env, "record")
+    env.setenv("ICL_DEVICE", "cuda:0")  # a GPU machine, as far as the records can tell
+    env.setattr(torch.cuda, "is_available", lambda: True)
+    env.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    records.result("ch99/gpu", on_device, 1, device="cuda:0")
+    assert records.read("ch99/gpu").provenance["device"] == "Fake GPU"
+    records.result("ch99/cpu", train_like, 2)
+    assert records.read("ch99/cpu").provenance["device"].startswith("cpu")  # no device argument: the CPU
+    records.result("ch99/model", lambda model: 1, torch.nn.Linear(2, 2))
+    assert records.read("ch99/model").provenance["device"].startswith("cpu")  # the model's own device
+    records.result("ch99/dev", on_device, 1, device="cpu")
+    assert records.read("ch99/dev").provenance["device"].startswith("cpu")
+
+
+def test_making_a_pending_record_takes_it_off_the_pending_list(env, tmp_path):
+    listed = {"ch99/slow": {"command": "make record CHAPTERS=99", "reason": "hours"}, "ch99/other": {}}
+    (tmp_path / "records/ch99").mkdir(parents=True)
+    (tmp_path / "records/ch99/pending.json").write_text(json.dumps(listed))
+    _set_mode(env, "replay")
+    assert records.is_pending(records.result("ch99/slow", train_like, 2))
+    _set_mode(env, "record")
+    records.result("ch99/slow", train_like, 2)
+    assert set(records.pending()) == {"ch99/other"}

@@ -254,3 +254,45 @@ def test_loop_config_bad_inputs():
         train.LoopConfig(steps=1, eval_every=0)
     with pytest.raises(ValueError, match="time_budget_s"):
         train.LoopConfig(steps=1, time_budget_s=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ precision
+def test_monte_carlo_precision_options():
+    """tf32 is float32 off CUDA (the same numbers); bf16 autocasts the forward pass and still trains; a float64 model
+    refuses the reduced precisions, and an unknown name is refused."""
+    common = dict(steps=20, n_train_prompts=200, batch_size=32, lr=1e-2, eval_every=10, progress=False)
+    runs = {}
+    for precision in ("float32", "tf32", "bf16"):
+        model, Z_all, _ = _problem(dtype=torch.float32)
+        runs[precision] = train.train_adam_monte_carlo(model, Z_all, TAU, generator=torch.Generator().manual_seed(3),
+                                                       precision=precision, **common)
+    assert runs["tf32"].in_domain == runs["float32"].in_domain
+    assert runs["bf16"].config["precision"] == "bf16" and runs["bf16"].loss_gap[-1] < runs["bf16"].loss_gap[0]
+    assert runs["bf16"].in_domain[0] == runs["float32"].in_domain[0]  # evaluations run in the model's precision
+    model, Z_all, g = _problem(dtype=torch.float64)
+    with pytest.raises(ValueError, match="float32 model"):
+        train.train_adam_monte_carlo(model, Z_all, TAU, generator=g, precision="bf16", **common)
+    with pytest.raises(ValueError, match="precision"):
+        train.train_adam_monte_carlo(model, Z_all, TAU, generator=g, precision="fp16", **common)
+
+
+def test_monte_carlo_batches_are_the_epoch_order():
+    """Each epoch visits every training prompt once, in contiguous slices of one permutation per epoch."""
+    model, Z_all, _ = _problem(dtype=torch.float32)
+    seen = []
+    original = model.forward
+
+    def spy(y):
+        seen.append(y.detach().clone())
+        return original(y)
+
+    model.forward = spy
+    train.train_adam_monte_carlo(model, Z_all, TAU, steps=4, n_train_prompts=40, batch_size=20, lr=1e-3,
+                                 eval_every=100, generator=torch.Generator().manual_seed(0), progress=False,
+                                 test_prompts=train.make_test_prompts(Z_all, N, TAU, torch.Generator(), n_prompts=2))
+    batches = [b for b in seen if b.shape[0] == 20]
+    assert len(batches) == 4
+    first_epoch = torch.cat(batches[:2]).sort(dim=0).values
+    second_epoch = torch.cat(batches[2:]).sort(dim=0).values
+    torch.testing.assert_close(first_epoch, second_epoch)  # the same prompts, reordered
+    assert not torch.equal(torch.cat(batches[:2]), torch.cat(batches[2:]))

@@ -111,6 +111,50 @@ def test_answer_shares_and_switch_point():
     assert np.isnan(never.alpha_star) and np.isnan(never.width)
 
 
+def test_answer_labels_and_shares_of():
+    inputs = ["a", "a", "b", "c"]
+    upper, following = [(x, x.upper()) for x in inputs], [(x, chr(ord(x) + 1)) for x in inputs]
+    labels = tx.answer_labels(["A", "b", "?", "C"], upper, following)
+    np.testing.assert_array_equal(labels, [tx.ANSWER_A, tx.ANSWER_B, tx.NEITHER, tx.ANSWER_A])
+    assert labels.dtype == np.int8
+    assert tx.shares_of(labels) == tx.answer_shares(["A", "b", "?", "C"], upper, following)
+
+
+def test_switch_interval_brackets_a_sharp_switch_and_a_gradual_one_is_wide():
+    alphas = np.linspace(0, 1, 11)
+    # 20 queries, each switching from A to B at its own alpha: sharp when the switch points agree
+    sharp = np.where(alphas[:, None] < 0.45, tx.ANSWER_A, tx.ANSWER_B).repeat(20, axis=1)
+    at, width = tx.switch_interval(alphas, sharp, n_resamples=200)
+    assert at.estimate == pytest.approx(0.45) and at.low == at.high == pytest.approx(0.45)
+    assert width.high <= 0.1
+    cut = np.linspace(0.05, 0.95, 20)  # gradual: the queries switch one after another
+    gradual = np.where(alphas[:, None] < cut[None, :], tx.ANSWER_A, tx.ANSWER_B)
+    at, width = tx.switch_interval(alphas, gradual, n_resamples=200, seed=1)
+    assert at.contains(0.5) and width.estimate > 0.6 and width.low > 0.4
+    assert at.method == "bootstrap" and at.n == 20
+    # no switch at all counts as alpha = 1 with the full width (the conservative reading)
+    never = np.full((11, 5), tx.ANSWER_A)
+    at, width = tx.switch_interval(alphas, never, n_resamples=50)
+    assert at.estimate == 1.0 and width.estimate == 1.0
+
+
+def test_spread_slope_interval_finds_the_rate_and_the_demonstrations_part():
+    g = torch.Generator().manual_seed(0)
+    ks = [2, 4, 8, 16]
+    # vectors whose spread falls exactly like 1/k in expectation: noise of variance 1/k per coordinate
+    thetas = [torch.randn(400, 6, generator=g, dtype=torch.float64) / k ** 0.5 for k in ks]
+    slope = tx.spread_slope_interval(ks, thetas, n_resamples=300)
+    assert slope.contains(-1.0) and slope.width < 0.2 and slope.n == 400
+    point = np.polyfit(np.log(ks), np.log([float(tx.set_spread(t)) for t in thetas]), 1)[0]
+    assert slope.estimate == pytest.approx(point)
+    # add a floor that the per-set "dummy" variances account for: the total falls slower, the rest like 1/k
+    floor = [t + torch.randn(400, 6, generator=g, dtype=torch.float64) for t in thetas]
+    dummy = [torch.full((400,), 6.0, dtype=torch.float64) for _ in ks]
+    assert tx.spread_slope_interval(ks, floor, n_resamples=300).high < -0.0
+    assert tx.spread_slope_interval(ks, floor, n_resamples=300).low > -0.6
+    assert tx.spread_slope_interval(ks, floor, dummy, n_resamples=300).contains(-1.0)
+
+
 def test_split_pairs_is_disjoint_seeded_and_the_same_for_shared_inputs():
     demos, queries = tx.split_pairs(LETTERS, 0.3, seed=3)
     assert len(demos) + len(queries) == 26 and 2 <= len(queries) <= 16
@@ -149,6 +193,11 @@ def test_demo_count_sweep_on_a_tiny_model(tiny, tok):
     assert sweep.spread.shape == (2,)
     assert sweep.spread[1] == pytest.approx(float(tx.set_spread(torch.tensor(sweep.theta[3]).double())), rel=1e-5)
     assert all(0.0 <= sweep.icl[k] <= 1.0 and 0.0 <= sweep.tv[k] <= 1.0 for k in (1, 3))
+    assert sweep.icl_hits[3].shape == (4,) and sweep.tv_hits[3].shape == (4, 2) and sweep.tv_hits[3].dtype == bool
+    assert sweep.tv[3] == pytest.approx(sweep.tv_hits[3].mean())
+    # the per-set dummy variances average to the dummies' part of the spread at the patched block
+    assert sweep.dummy_var[3].shape == (4,) and np.all(sweep.dummy_var[3] >= 0)
+    assert sweep.dummy_var[3].mean() == pytest.approx(sweep.dummy_spread[1], rel=1e-6)
     again = tx.demo_count_sweep(tiny, tok, demos, queries, [1, 3], layer=1, n_sets=4, n_queries=2, seed=5)
     np.testing.assert_allclose(again.theta[3], sweep.theta[3])  # seeded
     # a Task is a scorer; an exact-rule task scores like exact match
@@ -161,18 +210,19 @@ def test_demo_count_sweep_on_a_tiny_model(tiny, tok):
     assert always.icl[1] == always.tv[1] == 1.0
 
 
-def test_interpolation_shares_is_answer_shares_of_the_patch_grid(tiny, tok):
+def test_interpolation_labels_are_answer_labels_of_the_patch_grid(tiny, tok):
     generator = torch.Generator().manual_seed(3)
     theta_a, theta_b = torch.randn(2, llm.hidden_size(tiny), generator=generator)
     pairs_a = [(c, c.upper()) for c in "abc"]
     pairs_b = [(c, chr(ord(c) + 1)) for c in "abc"]
     alphas = [0.0, 0.5, 1.0]
-    shares = tx.interpolation_shares(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, layer=1)
+    labels = tx.interpolation_labels(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, layer=1)
+    assert labels.shape == (3, 3) and labels.dtype == np.int8
     grid = tx.patch_grid(tiny, tok, tx.interpolate(theta_a, theta_b, alphas), ["a", "b", "c"], 1)
-    assert shares == [tx.answer_shares(row, pairs_a, pairs_b) for row in grid]
+    assert [tx.shares_of(row) for row in labels] == [tx.answer_shares(row, pairs_a, pairs_b) for row in grid]
     task_b = lang_tasks.Task("next", "algorithmic", tuple(pairs_b), "exact")
-    assert tx.interpolation_shares(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, 1, scorer_b=task_b) \
-        == shares
+    np.testing.assert_array_equal(
+        tx.interpolation_labels(tiny, tok, theta_a, theta_b, alphas, pairs_a, pairs_b, 1, scorer_b=task_b), labels)
 
 
 def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
@@ -180,20 +230,31 @@ def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
     sets = [demos[i:i + 3] for i in range(0, 12, 3)]
     dummies = [[demos[-1][0], demos[-2][0]]] * 4
     theta = tv.extract_task_vectors(tiny, tok, sets, dummies)  # (4, L, d)
-    acc = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2, 4], rows=8, seed=0)
-    assert set(acc) == {1, 2, 4} and all(0.0 <= a <= 1.0 for a in acc.values())
-    always = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2], rows=8, seed=0,
+    out = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2, 4], n_queries=10, seed=0)
+    assert out.group_sizes == [1, 2, 4] and len(out.queries) == 10  # more queries than the pool: it is reused
+    assert set(out.queries) <= set(queries) and len(set(out.queries)) == len(queries)
+    assert all(out.hits[j].shape == (10,) and out.hits[j].dtype == bool for j in (1, 2, 4))
+    np.testing.assert_array_equal(out.group[2], np.arange(10) % 2)  # the 2 group means dealt out in turn
+    # the hit of query q is the patched prediction with its own group mean
+    means = tx.group_means(theta[:, 1], 2)
+    q = 3
+    direct = tv.patched_predictions(tiny, tok, [tv.format_prompt([], out.queries[q][0], "example")],
+                                    means[out.group[2][q]][None].float(), [1])
+    assert out.hits[2][q] == (tok.decode([int(direct[0, 0])]) == out.queries[q][1])
+    assert all(0.0 <= a <= 1.0 for a in out.accuracy.values())
+    always = tx.averaged_accuracy(tiny, tok, theta[:, 1], queries, 1, [1, 2], n_queries=4, seed=0,
                                   scorer=lambda p, x, y: True)
-    assert always == {1: 1.0, 2: 1.0}
+    assert always.accuracy == {1: 1.0, 2: 1.0}
     bare = tv.last_position_states(tiny, tok, [tv.format_prompt([], x, "example") for x, _ in demos[:5]])
     result = tx.replace_vs_add(tiny, tok, theta, bare, queries[:4], scales=(0.0, 1.0))
     n_layers = llm.n_layers(tiny)
-    assert result.replace_set.shape == (n_layers,) and result.add[1.0].shape == (n_layers,)
+    assert result.replace_set.shape == (4, n_layers) and result.add[1.0].shape == (4, n_layers)
+    assert result.replace_mean.dtype == bool
     assert np.allclose(result.delta_norm, tx.mean_difference(theta, bare).double().norm(dim=-1).numpy())
-    # adding 0 * Delta is the bare query: its accuracy is the zero-shot accuracy at every block
+    # adding 0 * Delta is the bare query: its hits are the zero-shot hits at every block
     plain = tv.predict(tiny, tok, [tv.format_prompt([], x, "example") for x, _ in queries[:4]])
-    zero_shot = np.mean([tok.decode([int(i)]) == y for (_, y), i in zip(queries[:4], plain.tolist())])
-    assert np.allclose(result.add[0.0], zero_shot)
+    zero_shot = np.array([tok.decode([int(i)]) == y for (_, y), i in zip(queries[:4], plain.tolist())])
+    np.testing.assert_array_equal(result.add[0.0], np.repeat(zero_shot[:, None], n_layers, axis=1))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,6 +295,17 @@ def test_averaged_accuracy_and_replace_vs_add_on_a_tiny_model(tiny, tok):
         (lambda: tx.answer_shares(["A"], "aA", [("a", "b")]), TypeError),
         (lambda: tx.switch_point([0.0, 1.0], [1.0], [0.0, 1.0]), ValueError),
         (lambda: tx.switch_point([1.0, 0.0], [1.0, 0.0], [0.0, 1.0]), ValueError),
+        (lambda: tx.shares_of([]), ValueError),
+        (lambda: tx.shares_of([0, 3]), ValueError),
+        (lambda: tx.switch_interval([0.0, 1.0], np.zeros((3, 4), np.int8)), ValueError),
+        (lambda: tx.switch_interval([0.0, 1.0], np.zeros((2, 1), np.int8)), ValueError),
+        (lambda: tx.switch_interval([0.0, 1.0], np.full((2, 3), 5)), ValueError),
+        (lambda: tx.spread_slope_interval([2], [torch.zeros(3, 2)]), ValueError),
+        (lambda: tx.spread_slope_interval([2, 4], [torch.zeros(3, 2)]), ValueError),
+        (lambda: tx.spread_slope_interval([2, 4], torch.zeros(2, 3, 2)), TypeError),
+        (lambda: tx.spread_slope_interval([2, 4], [torch.zeros(1, 2), torch.zeros(3, 2)]), ValueError),
+        (lambda: tx.spread_slope_interval([2, 4], [torch.zeros(3, 2)] * 2, [torch.zeros(2)] * 2), ValueError),
+        (lambda: tx.spread_slope_interval([2, 4], [torch.zeros(3, 2)] * 2, n_resamples=1), ValueError),
         (lambda: tx.split_pairs(LETTERS, 1.0, 0), ValueError),
         (lambda: tx.split_pairs(LETTERS, 0.0, 0), ValueError),
         (lambda: tx.split_pairs(LETTERS, 0.3, -1), ValueError),
@@ -261,17 +333,18 @@ def test_bad_inputs(call, error):
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 3, 4), ValueError),
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 1), ValueError),
         (lambda m, t: tx.demo_count_sweep(m, t, LETTERS[:10], LETTERS[10:], [1], 1, 4, scorer=3), TypeError),
-        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(2, 32), torch.zeros(2, 32), [0.5], [("a", "A")],
+        (lambda m, t: tx.interpolation_labels(m, t, torch.zeros(2, 32), torch.zeros(2, 32), [0.5], [("a", "A")],
                                               [("a", "b")], 1), ValueError),
-        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
+        (lambda m, t: tx.interpolation_labels(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
                                               [("b", "b")], 1), ValueError),
-        (lambda m, t: tx.interpolation_shares(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
+        (lambda m, t: tx.interpolation_labels(m, t, torch.zeros(32), torch.zeros(32), [0.5], [("a", "A")],
                                               [("a", "b")], 1, scorer_a=1), TypeError),
         (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], scorer="x"), TypeError),
         (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:2],
                                         scorer=2), TypeError),
         (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [8]), ValueError),
-        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], rows=0), ValueError),
+        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), LETTERS, 1, [1], n_queries=0), ValueError),
+        (lambda m, t: tx.averaged_accuracy(m, t, torch.zeros(4, 32), "ab", 1, [1]), TypeError),
         (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:3]),
          ValueError),
         (lambda m, t: tx.replace_vs_add(m, t, torch.zeros(2, 3, 32), torch.zeros(4, 3, 32), LETTERS[:2],

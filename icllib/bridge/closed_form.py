@@ -9,7 +9,10 @@ and the target predictor answers an unseen token k with z_k^T lambda_hat(S) (The
 model's predictions are ``yhat = A_tilde^T y``; the unseen-token block ``A_tilde_Q = A_tilde[:, N:]`` factors as
 ``A_tilde_Q^T = D R + E P_ker`` (:func:`factor_through_lambda_hat`), with ``P_ker`` the projector onto ker(Z) (label
 combinations that carry only noise), ``D`` the model's own decoder of lambda_hat and ``E`` what does not factor;
-:func:`swap_predictions` is the conflicting-task experiment of Hendel et al. in closed form.
+:func:`swap_predictions` is the conflicting-task experiment of Hendel et al. in closed form (it answers the unseen
+tokens from lambda_hat(S_B) alone, so it follows B by construction); :func:`transplant_lambda_hat` builds the labels
+with which the same experiment runs through a model's own forward pass, and :func:`excess_split` splits the excess
+loss of the unseen tokens into a row-space part and a failure to compress.
 
 Notation as in :mod:`icllib.kernels`: ``Z_all`` (m, K) the features of the K dictionary tokens, the first N of them
 labelled, ``Z = Z_all[:, :N]``, ``Z_Q = Z_all[:, N:]``, ``tau`` the feature-noise variance.
@@ -33,6 +36,9 @@ __all__ = [
     "factor_through_lambda_hat",
     "swap_predictions",
     "same_lambda_hat_labels",
+    "transplant_lambda_hat",
+    "ExcessSplit",
+    "excess_split",
 ]
 
 
@@ -191,3 +197,50 @@ def same_lambda_hat_labels(Z, y, generator: torch.Generator, scale: float = 1.0)
     scale = check_float("scale", scale, minimum=0.0)
     xi = torch.randn(*y.shape, generator=generator, dtype=torch.float64) * scale
     return (y.double() + xi @ _kernel_projector(Z.double())).to(y.dtype)
+
+
+def transplant_lambda_hat(Z, y_context, y_source) -> torch.Tensor:
+    """The labels closest to ``y_context`` whose task vector is that of ``y_source``: ``P_ker y_A + (I - P_ker) y_B``.
+
+    ``lambda_hat(y') = R y' = R y_B`` because ``R P_ker = 0``, for every tau; among all label vectors with that
+    lambda_hat, ``y'`` is the nearest to ``y_A`` (it keeps A's noise-only component). A model run on ``y'`` sees
+    prompt A's labels changed only as much as B's task vector requires: the conflicting-task experiment through
+    the model's own forward pass. ``y_context``, ``y_source`` (..., N), broadcast together.
+    """
+    Z = as_float_tensor("Z", Z, ndim=2)
+    y_context = _labels(y_context, Z.shape[1], "y_context")
+    y_source = _labels(y_source, Z.shape[1], "y_source")
+    P = _kernel_projector(Z.double())
+    out = y_source.double() + (y_context.double() - y_source.double()) @ P  # P symmetric
+    dtype = torch.float32 if y_context.dtype == torch.float32 and y_source.dtype == torch.float32 else torch.float64
+    return out.to(dtype)
+
+
+@dataclass
+class ExcessSplit:
+    """The unseen tokens' excess loss ``sum_{k>N} ||Zbar (a_k - A_k)||^2`` (``total``, that is 2K (L - L*) minus
+    the labelled tokens' share) split into ``row_space`` = ``sum ||Zbar (I - P_ker)(a_k - A_k)||^2`` (wrong use of
+    lambda_hat) and ``kernel`` = ``m tau sum ||P_ker a_k||^2`` (failure to compress); ``row_space + kernel = total``
+    up to rounding, because A_k lies in range(Z^T) and M = Zbar^2 acts on ker(Z) as m tau."""
+
+    row_space: float
+    kernel: float
+    total: float
+
+
+def excess_split(A_tilde, Z_all, n_labeled: int, tau: float) -> ExcessSplit:
+    """Split the excess loss of the unseen-token block of ``A_tilde`` (N, K) along ker(Z) (see :class:`ExcessSplit`)."""
+    A64, Z64, N, tau = _unseen_block(A_tilde, Z_all, n_labeled, tau)
+    m = Z64.shape[0]
+    Z = Z64[:, :N]
+    P = _kernel_projector(Z)
+    gram = Z.T @ Z + m * tau * torch.eye(N, dtype=torch.float64)
+    target_Q = torch.linalg.solve(gram, Z.T @ Z64[:, N:])
+    diff = A64[:, N:] - target_Q
+    row = diff - P @ diff
+
+    def energy(X: torch.Tensor) -> float:
+        return float((X * (gram @ X)).sum())  # sum_k ||Zbar x_k||^2
+
+    return ExcessSplit(row_space=energy(row), kernel=m * tau * float(((P @ A64[:, N:]) ** 2).sum()),
+                       total=energy(diff))

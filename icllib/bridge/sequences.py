@@ -28,38 +28,48 @@ class SequenceLayout:
     (``x -> y`` lines, then ``x ->``): an optional BOS position, then three positions per demonstration (the token,
     an arrow, the label) and two for the query (the token, an arrow)::
 
-        [BOS] x_1 -> y_1  x_2 -> y_2  ...  x_n -> y_n  x ->
+        [BOS] x_1 -> y_1  x_2 -> y_2  ...  x_n -> y_n  x ->            (arrow=True)
+        [BOS] x_1 y_1  x_2 y_2  ...  x_n y_n  x                        (arrow=False, Garg et al.'s format)
 
     Each position is a vector ``[x; y; flags]`` in R^{d_token + 1 + 4}: the token ``x`` in the first ``d_token``
     coordinates (zero elsewhere), the label in the next one (zero elsewhere), and a one-hot flag saying what the
-    position is (BOS, token, arrow, label). A model predicts the label of the token before each arrow *at* the arrow,
-    so every arrow is a query and the last position is the one whose state is the task vector (Hendel et al.). The
-    explicit flags keep an empty label slot from being confused with a label equal to 0.
+    position is (BOS, token, arrow, label). A model predicts the label of a token at the arrow after it (without
+    arrows: at the token itself), so every prediction position is a query and the last position is the one whose
+    state is the task vector (Hendel et al.). The explicit flags keep an empty label slot from being confused with a
+    label equal to 0; the width is the same in both formats.
     """
 
     d_token: int
     bos: bool = True
+    arrow: bool = True
 
     FLAGS = ("bos", "token", "arrow", "label")
 
     def __post_init__(self) -> None:
         check_int("d_token", self.d_token, minimum=1)
         check_bool("bos", self.bos)
+        check_bool("arrow", self.arrow)
 
     @property
     def d_input(self) -> int:
         """Width of one position's vector, d_token + 1 + 4."""
         return self.d_token + 1 + len(self.FLAGS)
 
-    def length(self, n_demos: int) -> int:
-        """Number of positions of a prompt with ``n_demos`` demonstrations and one query: 3 n + 2 (+1 with BOS)."""
-        n_demos = check_int("n_demos", n_demos, minimum=0)
-        return 3 * n_demos + 2 + int(self.bos)
+    @property
+    def stride(self) -> int:
+        """How many positions one demonstration takes (three with arrows, as token, arrow and label; two without)."""
+        return 3 if self.arrow else 2
 
-    def arrow_positions(self, n_demos: int) -> torch.Tensor:
-        """Positions of the n + 1 arrows (where labels are predicted), the last one being the query's."""
+    def length(self, n_demos: int) -> int:
+        """Positions of a prompt with ``n_demos`` demonstrations and one query: 3 n + 2 (2 n + 1 without arrows),
+        +1 with BOS."""
         n_demos = check_int("n_demos", n_demos, minimum=0)
-        return int(self.bos) + 1 + 3 * torch.arange(n_demos + 1)
+        return self.stride * n_demos + self.stride - 1 + int(self.bos)
+
+    def predict_positions(self, n_demos: int) -> torch.Tensor:
+        """Positions of the n + 1 predictions (the arrows, or without arrows the tokens), the last one the query's."""
+        n_demos = check_int("n_demos", n_demos, minimum=0)
+        return int(self.bos) + self.stride - 2 + self.stride * torch.arange(n_demos + 1)
 
     def flag(self, name: str) -> int:
         """Channel index of a flag (``"bos"``, ``"token"``, ``"arrow"`` or ``"label"``)."""
@@ -80,18 +90,20 @@ def _check_integers(name: str, value, shape: tuple[int, ...] | None, high: int, 
     return value.long()
 
 
-def write_sequences(tokens, demo_index, y, query_index, bos: bool = True, n_shown=None) -> torch.Tensor:
-    """Write prompts as sequences (see :class:`SequenceLayout`): shape (n, 3 N + 2 + bos, d + 5).
+def write_sequences(tokens, demo_index, y, query_index, bos: bool = True, n_shown=None, arrow: bool = True
+                    ) -> torch.Tensor:
+    """Write prompts as sequences (see :class:`SequenceLayout`): shape (n, length(N), d + 5).
 
     ``tokens`` (K, d) is the dictionary; ``demo_index`` (n, N) the token of each demonstration (N = 0 gives the
     bare query ``[BOS] x ->`` that a task vector is patched into); ``y`` (n, N) their labels; ``query_index`` (n,)
-    the query token. The output has the dtype of ``tokens``.
+    the query token; ``arrow=False`` leaves the arrows out (``[BOS] x_1 y_1 ... x``). The output has the dtype of
+    ``tokens``.
 
     ``n_shown`` (n,) (optional, integers in 0..N): prompt i shows only its first ``n_shown[i]`` demonstrations,
-    then its query, then all-zero padding up to the common length 3 N + 2 + bos. Padding sits *after* the query, so
-    a causal model's outputs up to the query arrow are those of the unpadded prompt; the arrows stay at
-    :meth:`SequenceLayout.arrow_positions` ``(N)``, prompt i's query arrow being number ``n_shown[i]``. With
-    ``n_shown[i] = 0`` the row starts with the bare query ``[BOS] x ->``.
+    then its query, then all-zero padding up to the common length. Padding sits *after* the query, so a causal
+    model's outputs up to the query are those of the unpadded prompt; the prediction positions stay at
+    :meth:`SequenceLayout.predict_positions` ``(N)``, prompt i's query being number ``n_shown[i]``. With
+    ``n_shown[i] = 0`` the row starts with the bare query.
     """
     tokens = as_float_tensor("tokens", tokens, ndim=2)
     if not isinstance(demo_index, torch.Tensor) or demo_index.ndim != 2:
@@ -103,40 +115,40 @@ def write_sequences(tokens, demo_index, y, query_index, bos: bool = True, n_show
     if tuple(y.shape) != (n, N):
         raise ValueError(f"y must have shape (n, N) = ({n}, {N}) like demo_index, got {tuple(y.shape)}")
     check_bool("bos", bos)
+    check_bool("arrow", arrow)
     if n_shown is not None:
         n_shown = _check_integers("n_shown", n_shown, (n,), N + 1, "demonstration counts")
-    return _write_sequences(tokens, demo_index, y, query_index, bos, n_shown)
+    return _write_sequences(tokens, demo_index, y, query_index, bos, n_shown, arrow)
 
 
-def _write_sequences(tokens, demo_index, y, query_index, bos: bool, n_shown) -> torch.Tensor:
+def _write_sequences(tokens, demo_index, y, query_index, bos: bool, n_shown, arrow: bool = True) -> torch.Tensor:
     """:func:`write_sequences` on checked arguments (int64 indices)."""
     d = tokens.shape[1]
     n, N = demo_index.shape
-    layout = SequenceLayout(d, bos)
+    layout = SequenceLayout(d, bos, arrow)
+    stride = layout.stride
     out = tokens.new_zeros(n, layout.length(N), layout.d_input)
     start = int(bos)
     if bos:
         out[:, 0, layout.flag("bos")] = 1.0
-    token_pos = start + 3 * torch.arange(N)
+    token_pos = start + stride * torch.arange(N)
     out[:, token_pos, :d] = tokens[demo_index]
     out[:, token_pos, layout.flag("token")] = 1.0
-    out[:, token_pos + 1, layout.flag("arrow")] = 1.0
-    out[:, token_pos + 2, d] = y.to(tokens.dtype)
-    out[:, token_pos + 2, layout.flag("label")] = 1.0
-    if n_shown is None:
-        out[:, -2, :d] = tokens[query_index]
-        out[:, -2, layout.flag("token")] = 1.0
-        out[:, -1, layout.flag("arrow")] = 1.0
-        return out
-    # Blank everything from prompt i's query on (the demonstrations it does not show become padding), then write
-    # its query token and arrow where its (n_shown[i] + 1)-th demonstration would start.
-    positions = torch.arange(layout.length(N))
-    query_pos = start + 3 * n_shown  # (n,)
-    out[positions[None, :] >= query_pos[:, None]] = 0.0
+    if arrow:
+        out[:, token_pos + 1, layout.flag("arrow")] = 1.0
+    out[:, token_pos + stride - 1, d] = y.to(tokens.dtype)
+    out[:, token_pos + stride - 1, layout.flag("label")] = 1.0
+    # Prompt i's query starts where its (n_shown[i] + 1)-th demonstration would; with n_shown, everything from
+    # there on is blanked first (the demonstrations it does not show become padding).
+    query_pos = torch.full((n,), start + stride * N) if n_shown is None else start + stride * n_shown
+    if n_shown is not None:
+        positions = torch.arange(layout.length(N))
+        out[positions[None, :] >= query_pos[:, None]] = 0.0
     rows = torch.arange(n)
     out[rows, query_pos, :d] = tokens[query_index]
     out[rows, query_pos, layout.flag("token")] = 1.0
-    out[rows, query_pos + 1, layout.flag("arrow")] = 1.0
+    if arrow:
+        out[rows, query_pos + 1, layout.flag("arrow")] = 1.0
     return out
 
 
@@ -148,7 +160,7 @@ class SequenceBatch:
     each arrow (the N demonstration labels, then the query's own noisy label ``y_q``); ``demo_index`` (n, N) and
     ``query_index`` (n,) token indices; ``y`` (n, N) the shown labels in sequence order; ``y_all`` (n, K) the noisy
     labels of all tokens; ``lam`` (n, m) the tasks; ``lambda_hat`` (n, m) the closed-form task vectors (B1);
-    ``ridge`` (n,) Theorem 2's prediction for the query, ``z_q^T lambda_hat``.
+    ``ridge`` (n,) Theorem 2's prediction for the query, ``z_q^T lambda_hat``; ``bos``, ``arrow``: the layout.
 
     Prompts of different lengths (``n_shown`` (n,), from ``sample_sequences(..., min_demos=...)``): prompt i shows
     its first ``n_shown[i]`` demonstrations and is right-padded (:func:`write_sequences`); ``targets[i, j]`` is
@@ -167,6 +179,12 @@ class SequenceBatch:
     ridge: torch.Tensor
     bos: bool = True
     n_shown: torch.Tensor | None = None
+    arrow: bool = True
+
+    @property
+    def layout(self) -> SequenceLayout:
+        """The :class:`SequenceLayout` the batch is written in."""
+        return SequenceLayout(self.inputs.shape[-1] - 1 - len(SequenceLayout.FLAGS), self.bos, self.arrow)
 
     @property
     def n_prompts(self) -> int:
@@ -186,17 +204,20 @@ class SequenceBatch:
 
     @property
     def query_positions(self) -> torch.Tensor:
-        """Position of each prompt's query arrow, (n,) (the last position when all prompts show N)."""
-        return int(self.bos) + 1 + 3 * self.shown
+        """Position of each prompt's query prediction, (n,) (the last position when all prompts show N)."""
+        stride = 3 if self.arrow else 2
+        return int(self.bos) + stride - 2 + stride * self.shown
 
     def with_queries(self, tokens, query_index) -> torch.Tensor:
         """The same demonstrations with other query tokens ``query_index`` (n,): inputs (n, T, d + 5)."""
-        return write_sequences(tokens, self.demo_index, self.y, query_index, self.bos, self.n_shown)
+        return write_sequences(tokens, self.demo_index, self.y, query_index, self.bos, self.n_shown, self.arrow)
 
-    def bare_queries(self, tokens) -> torch.Tensor:
-        """The bare query ``[BOS] x_q ->`` of every prompt (no demonstrations): inputs (n, 2 + bos, d + 5)."""
+    def bare_queries(self, tokens, query_index=None) -> torch.Tensor:
+        """The bare query ``[BOS] x_q ->`` of every prompt (no demonstrations; ``[BOS] x_q`` without arrows):
+        inputs (n, 2 + bos, d + 5) (one fewer without arrows). ``query_index`` (n,): other query tokens."""
         empty = self.demo_index[:, :0]
-        return write_sequences(tokens, empty, self.y[:, :0], self.query_index, self.bos)
+        query_index = self.query_index if query_index is None else query_index
+        return write_sequences(tokens, empty, self.y[:, :0], query_index, self.bos, None, self.arrow)
 
 
 def _check_dictionary(tokens, Z_all) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +254,7 @@ def sample_sequences(
     distribution="in_domain",
     n_demos: int | None = None,
     min_demos: int | None = None,
+    arrow: bool = True,
 ) -> SequenceBatch:
     """Draw template-regression prompts (Part I's law) and write them as sequences.
 
@@ -245,8 +267,9 @@ def sample_sequences(
     ``min_demos`` (0..n_demos, default None: every prompt shows ``n_demos``): prompts of several lengths in one
     batch. Prompt i shows ``n_i ~ Uniform{min_demos, ..., n_demos}`` demonstrations (drawn after everything else,
     so the labels, orders and queries are those of the fixed-length batch from the same generator state) and is
-    right-padded to ``3 n_demos + 2 + bos`` positions (:func:`write_sequences`); ``min_demos = 0`` puts the bare
-    query ``[BOS] x ->`` into the sample, where the best prediction is the prior mean 0.
+    right-padded to ``layout.length(n_demos)`` positions (:func:`write_sequences`); ``min_demos = 0`` puts the
+    bare query ``[BOS] x ->`` into the sample, where the best prediction is the prior mean 0. ``arrow=False``
+    writes the prompts without arrows (:class:`SequenceLayout`).
     """
     tokens, Z_all = _check_dictionary(tokens, Z_all)
     m, K = Z_all.shape
@@ -256,17 +279,18 @@ def sample_sequences(
     check_generator("generator", generator)
     check_bool("shuffle", shuffle)
     check_bool("bos", bos)
+    check_bool("arrow", arrow)
     _check_distribution(distribution, m)
     n_demos = n_labeled if n_demos is None else check_int("n_demos", n_demos, minimum=0, maximum=n_labeled)
     if min_demos is not None:
         min_demos = check_int("min_demos", min_demos, minimum=0, maximum=n_demos)
     return _sample_sequences(tokens, Z_all.double(), n_labeled, tau, n_prompts, generator, shuffle, bos,
-                             distribution, n_demos, min_demos)
+                             distribution, n_demos, min_demos, arrow)
 
 
 def _sample_sequences(tokens, Z64, n_labeled: int, tau: float, n_prompts: int, generator: torch.Generator,
                       shuffle: bool = False, bos: bool = True, distribution="in_domain", n_demos: int | None = None,
-                      min_demos: int | None = None) -> SequenceBatch:
+                      min_demos: int | None = None, arrow: bool = True) -> SequenceBatch:
     """:func:`sample_sequences` on checked arguments (``Z64`` in float64): the training loop's draw."""
     n_demos = n_labeled if n_demos is None else n_demos
     prompts = _sample_prompts(Z64, n_labeled, tau, n_prompts, generator, distribution)
@@ -283,7 +307,7 @@ def _sample_sequences(tokens, Z64, n_labeled: int, tau: float, n_prompts: int, g
     theta = _task_vectors(Z64, prompts, demo_index, y, n_shown, tau)
     y_query = prompts.y_all.gather(1, query_index[:, None])
     return SequenceBatch(
-        inputs=_write_sequences(tokens, demo_index, y.to(tokens.dtype), query_index, bos, n_shown),
+        inputs=_write_sequences(tokens, demo_index, y.to(tokens.dtype), query_index, bos, n_shown, arrow),
         targets=_targets(y, y_query, n_shown).to(tokens.dtype),
         demo_index=demo_index,
         query_index=query_index,
@@ -294,6 +318,7 @@ def _sample_sequences(tokens, Z64, n_labeled: int, tau: float, n_prompts: int, g
         ridge=(theta * Z64[:, query_index].T).sum(-1),
         bos=bos,
         n_shown=n_shown,
+        arrow=arrow,
     )
 
 
@@ -336,6 +361,11 @@ def sample_dummy_queries(query_index, n_labeled: int, n_tokens: int, n_dummies: 
             f"n_dummies={n_dummies} plus the query need {n_dummies + 1} distinct unseen tokens, but only "
             f"K - N = {n_unseen} exist"
         )
+    return _sample_dummy_queries(query_index, n_labeled, n_unseen, n_dummies, generator)
+
+
+def _sample_dummy_queries(query_index, n_labeled: int, n_unseen: int, n_dummies: int, generator) -> torch.Tensor:
+    """:func:`sample_dummy_queries` on checked arguments (int64 ``query_index``)."""
     # Rank the unseen tokens by random keys, the real query pushed last, and keep the first n_dummies.
     keys = torch.rand(len(query_index), n_unseen, generator=generator)
     rows = torch.arange(len(query_index))

@@ -48,7 +48,7 @@ def sequence_task_vectors(model: nn.Module, dummy_inputs, layers=None) -> torch.
     """``theta_l(S)`` of every prompt at every block: the last-position state after block l, averaged over dummies.
 
     ``dummy_inputs`` is a list of input batches (n, T, d_in), one per dummy query ``x'`` (the same demonstrations,
-    a different query: :meth:`SequenceBatch.with_queries`), or one tensor (n_dummies, n, T, d_in). The states are
+    a different query: :meth:`~icllib.bridge.sequences.SequenceBatch.with_queries`), or one tensor (n_dummies, n, T, d_in). The states are
     read with :func:`icllib.task_vectors.capture_last_position` (0-based block indices, as in Part II). Returns
     (n, len(layers), d_model) in the model's dtype (all L blocks by default).
     """

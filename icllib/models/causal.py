@@ -34,7 +34,7 @@ from icllib._checks import as_float_tensor, check_choice, check_float, check_flo
 from icllib.llm import ModelParts
 from icllib.models.multilayer import MLP, TransformerConfig, gpt2_init, multi_head_attention
 
-__all__ = ["CausalTransformer", "CausalSelfAttention", "CausalBlock", "rotate"]
+__all__ = ["CausalTransformer", "CausalSelfAttention", "CausalBlock", "rotate", "rotary_tables"]
 
 _POSITIONS = ("rotary", "learned")
 
@@ -42,19 +42,30 @@ _POSITIONS = ("rotary", "learned")
 # --------------------------------------------------------------------------------------------------------------------
 # 1. Attention with rotary positions, and the residual block
 # --------------------------------------------------------------------------------------------------------------------
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, base: float = 10_000.0,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` of the rotary angles ``pos * base^(-2i/D)``, i < D/2 = head_dim/2: (T, D/2) for position_ids
+    (T,), (B, 1, T, D/2) for (B, T) (broadcast over heads). Computed in float64, returned in ``dtype``."""
+    half = head_dim // 2
+    freqs = base ** (-torch.arange(half, dtype=torch.float64, device=position_ids.device) / half)
+    angles = position_ids.to(torch.float64)[..., None] * freqs  # (T, D/2) or (B, T, D/2)
+    if angles.ndim == 3:
+        angles = angles[:, None]  # broadcast over heads
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 def rotate(x: torch.Tensor, position_ids: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
     """Rotary position embedding: rotate coordinate pairs (i, i + D/2) of ``x`` (B, H, T, D) by ``pos * base^(-2i/D)``.
 
     ``position_ids`` is (T,) or (B, T). Then ``<rotate(q, s), rotate(k, t)>`` depends on ``t - s`` only.
     """
-    half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) / half)
-    angles = position_ids.to(torch.float64)[..., None] * freqs  # (T, D/2) or (B, T, D/2)
-    if angles.ndim == 3:
-        angles = angles[:, None]  # broadcast over heads
-    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return _apply_rotary(x, *rotary_tables(position_ids, x.shape[-1], base, x.dtype))
 
 
 class CausalSelfAttention(nn.Module):
@@ -71,15 +82,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # queries, keys and values in one product
         self.proj = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, T, d_model); ``attn_mask`` boolean (T, T) or (B, 1, T, T), True = may attend."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, positions) -> torch.Tensor:
+        """``x`` (B, T, d_model); ``attn_mask`` boolean (T, T) or (B, 1, T, T), True = may attend; ``positions``
+        the position ids (T,) or (B, T), or their :func:`rotary_tables` ``(cos, sin)`` computed once per forward."""
         q, k, v = self.qkv(x).split(x.shape[-1], dim=-1)
+        rotate_qk = None
+        if self.rotary:
+            cos, sin = positions if isinstance(positions, tuple) else rotary_tables(
+                positions, self.head_dim, self.rotary_base, x.dtype)
 
-        def rotate_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return rotate(q, position_ids, self.rotary_base), rotate(k, position_ids, self.rotary_base)
+            def rotate_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin)
 
         out = multi_head_attention(q, k, v, self.n_heads, attn_mask, self.dropout if self.training else 0.0,
-                                   rotate_qk if self.rotary else None)
+                                   rotate_qk)
         return self.proj(out)
 
 
@@ -93,8 +109,9 @@ class CausalBlock(nn.Module):
         self.ln_mlp = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), attn_mask, position_ids)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, positions) -> torch.Tensor:
+        """``positions``: position ids, or their rotary tables (see :class:`CausalSelfAttention`)."""
+        x = x + self.attn(self.ln_attn(x), attn_mask, positions)
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -218,8 +235,11 @@ class CausalTransformer(nn.Module):
         if self.position_table is not None:
             x = x + self.position_table[position_ids]
         states = [x]
+        positions = position_ids  # rotary: the tables once for every block
+        if self.position_table is None:
+            positions = rotary_tables(position_ids, self.config.head_dim, self.rotary_base, x.dtype)
         for block in self.blocks:
-            x = block(x, mask, position_ids)
+            x = block(x, mask, positions)
             if keep:
                 states.append(x)
         return x, states

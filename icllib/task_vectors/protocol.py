@@ -241,7 +241,7 @@ def evaluate_task(
 
     The task is filtered to single-token answers (``lang_tasks.filter_single_token``), scored by its own rule
     (``Task.score``: exact, prefix or synonym), and the format's ``output_space`` follows the filter's finding
-    (:func:`format_for_task`). With ``cache=True`` the call goes through :func:`icllib.cache.cached_call`: the key
+    (:func:`~icllib.task_vectors.formats.format_for_task`). With ``cache=True`` the call goes through :func:`icllib.cache.cached_call`: the key
     is the model (its name, dtype and size), the tokenizer, the filtered task, the format and every other argument
     of :func:`evaluate` (``method``, ``batch_size`` and ``progress`` aside, which do not change the result).
     """
@@ -270,9 +270,9 @@ def task_vectors_for(
 
     For each task in order (a name of the book's 18 tasks or an ``icllib.lang_tasks.Task``), filtered to
     single-token answers like :func:`evaluate_task`, with the format's ``output_space`` following the filter
-    (:func:`format_for_task`): ``n_sets`` sets of ``n_demos`` pairs and a query
+    (:func:`~icllib.task_vectors.formats.format_for_task`): ``n_sets`` sets of ``n_demos`` pairs and a query
     (``lang_tasks.sample_demonstrations``), ``n_dummies`` dummy queries outside each set, and
-    ``theta_l(S) = mean_{x'} h_l([S, x'])[-1]`` (the paper's Eq. 2 extraction, :func:`extract_task_vectors`).
+    ``theta_l(S) = mean_{x'} h_l([S, x'])[-1]`` (the paper's Eq. 2 extraction, :func:`~icllib.task_vectors.forward.extract_task_vectors`).
     One ``numpy`` generator seeded by ``seed`` draws the sets of all tasks in turn, so a task's sets depend on the
     tasks before it (the same draws as Chapters 7 and 8 made by hand).
 

@@ -1,8 +1,9 @@
 """Task vectors as estimators: the pure tensor functions of Chapter 11 (no model runs here).
 
-The spread of task vectors over demonstration sets and its ``a + b / k`` fit (the closed form's ``lambda_hat(S)``
-has ``V(k) ~ 1/k``, :func:`ridge_spread`), means over groups of sets, interpolation between two tasks' vectors and
-where the answers switch, and the mean difference that an additive intervention adds.
+The spread of task vectors over demonstration sets, its ``a + b / k`` fit and the bootstrap interval of its rate
+(the closed form's ``lambda_hat(S)`` has ``V(k) ~ 1/k``, :func:`ridge_spread`), means over groups of sets,
+interpolation between two tasks' vectors, whose answer each query gives and where the answers switch (with a
+bootstrap interval over queries), and the mean difference that an additive intervention adds.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import torch
 from icllib._checks import as_float_tensor, check_choice, check_float, check_generator, check_int, check_pairs
 from icllib.bridge import lambda_hat
 from icllib.lang_tasks import Scorer, Task, as_scorer
+from icllib.stats import Interval, bootstrap
 
-__all__ = ["set_spread", "InverseKFit", "fit_inverse_k", "ridge_spread", "group_means", "interpolate",
-           "mean_difference", "AnswerShares", "answer_shares", "Switch", "switch_point"]
+__all__ = ["set_spread", "InverseKFit", "fit_inverse_k", "spread_slope_interval", "ridge_spread", "group_means",
+           "interpolate", "mean_difference", "NEITHER", "ANSWER_A", "ANSWER_B", "AnswerShares", "answer_labels",
+           "answer_shares", "shares_of", "Switch", "switch_point", "switch_interval"]
 
 _METRICS = ("sqdist", "cosine")
 
@@ -93,6 +96,70 @@ def fit_inverse_k(k, spread) -> InverseKFit:
     r2 = float(1 - (residual ** 2).sum() / total) if total > 0 else 1.0
     slope = float(np.polyfit(np.log(k), np.log(v), 1)[0])
     return InverseKFit(a=float(a), b=float(b), slope=slope, r2=r2)
+
+
+def spread_slope_interval(
+    n_demos: Sequence[int], theta_by_k, dummy_by_k=None, n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
+) -> Interval:
+    """The log-log slope of the spread ``V(k)`` against ``k``, with a bootstrap interval over demonstration sets.
+
+    ``theta_by_k[i]`` (n_sets_i, d) holds the vectors ``theta(S)`` of the sets with ``k = n_demos[i]``
+    demonstrations; the sets of each ``k`` are resampled with replacement, independently, ``n_resamples`` times,
+    and the slope of ``log V`` on ``log k`` (:func:`set_spread`, :func:`fit_inverse_k`) is refitted on each
+    resample. With ``dummy_by_k[i]`` (n_sets_i,), each set's variance due to its dummy queries, the slope is that of
+    the demonstrations' part ``V(k) - mean_S dummy(S)`` (floored at ``1e-6 V(k)``). An estimator with the closed
+    form's rate has slope ``-1``. Returns an :class:`icllib.stats.Interval` (``n``: the fewest sets of any ``k``).
+    """
+    ks = _check_counts("n_demos", n_demos)
+    if len(ks) < 2:
+        raise ValueError(f"n_demos must hold at least 2 demonstration counts for a slope, got {ks}")
+    thetas = _per_k("theta_by_k", theta_by_k, len(ks), ndim=2)
+    dummies = None if dummy_by_k is None else _per_k("dummy_by_k", dummy_by_k, len(ks), ndim=1)
+    for i, theta in enumerate(thetas):
+        if theta.shape[0] < 2 or (dummies is not None and dummies[i].shape != theta.shape[:1]):
+            raise ValueError(f"theta_by_k[{i}] must hold >= 2 sets and dummy_by_k[{i}] one value per set, got "
+                             f"shapes {tuple(theta.shape)} and {None if dummies is None else tuple(dummies[i].shape)}")
+    n_resamples = check_int("n_resamples", n_resamples, minimum=2)
+    level = check_float("level", level, minimum=0.0, maximum=1.0, strict=True)
+    seed = check_int("seed", seed, minimum=0)
+    rng = np.random.default_rng(seed)
+    point = np.empty(len(ks))
+    replicates = np.empty((n_resamples, len(ks)))
+    for i, theta in enumerate(thetas):
+        n = theta.shape[0]
+        counts = rng.multinomial(n, np.full(n, 1 / n), size=n_resamples).astype(float)  # (R, n) draws per set
+        point[i], replicates[:, i] = _resampled_spread(theta, None if dummies is None else dummies[i],
+                                                       np.ones((1, n)), counts)
+    if np.any(point <= 0):
+        raise ValueError(f"the spread must be positive at every k to take its logarithm, got {point.tolist()}")
+    log_k = np.log(np.asarray(ks, dtype=float))
+    slopes = np.polyfit(log_k, np.log(np.maximum(replicates, 1e-12 * point).T), 1)[0]
+    low, high = np.quantile(slopes, [(1 - level) / 2, (1 + level) / 2])
+    estimate = float(np.polyfit(log_k, np.log(point), 1)[0])
+    return Interval(estimate, float(low), float(high), level, min(t.shape[0] for t in thetas), "bootstrap over sets")
+
+
+def _resampled_spread(theta: torch.Tensor, dummy, ones: np.ndarray, counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """:func:`set_spread` (minus the mean dummy part) of the full sample (``ones``) and of each resample, given as
+    draw counts per set: ``V = (c . diag G - c^T G c / n) / (n - 1)`` with ``G`` the Gram matrix of the vectors."""
+    gram = (theta.double() @ theta.double().T).numpy()
+    n = theta.shape[0]
+    out = []
+    for c in (ones, counts):
+        spread = (c @ np.diag(gram) - np.einsum("ri,ij,rj->r", c, gram, c) / n) / (n - 1)
+        if dummy is not None:
+            spread = np.maximum(spread - c @ dummy.double().numpy() / n, 1e-6 * spread)
+        out.append(spread)
+    return float(out[0][0]), out[1]
+
+
+def _per_k(name: str, values, n: int, ndim: int) -> list[torch.Tensor]:
+    if isinstance(values, (str, bytes, torch.Tensor, np.ndarray)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of arrays, one per demonstration count, got "
+                        f"{type(values).__name__}")
+    if len(values) != n:
+        raise ValueError(f"{name} must hold one array per demonstration count ({n}), got {len(values)}")
+    return [as_float_tensor(f"{name}[{i}]", v, ndim=ndim) for i, v in enumerate(values)]
 
 
 def ridge_spread(
@@ -187,11 +254,15 @@ class AnswerShares:
     neither: float
 
 
-def answer_shares(
+#: Codes of :func:`answer_labels` — the prediction is neither task's answer, task A's or task B's.
+NEITHER, ANSWER_A, ANSWER_B = 0, 1, 2
+
+
+def answer_labels(
     predictions: Sequence[str], pairs_a: Sequence[tuple[str, str]], pairs_b: Sequence[tuple[str, str]],
     scorer_a: Scorer | Task | None = None, scorer_b: Scorer | Task | None = None,
-) -> AnswerShares:
-    """Classify each prediction for the query ``x_i`` as task A's answer, task B's answer or neither.
+) -> np.ndarray:
+    """Classify each prediction for the query ``x_i`` as task A's answer (1), task B's (2) or neither (0): int8 (n,).
 
     ``pairs_a[i] = (x_i, A's answer)`` and ``pairs_b[i] = (x_i, B's answer)`` (the same inputs); ``scorer_a`` and
     ``scorer_b`` judge ``(prediction, x, y)`` (default exact match; a ``lang_tasks.Task`` scores by its own rule).
@@ -206,19 +277,35 @@ def answer_shares(
                          "must have the same length")
     if [x for x, _ in pairs_a] != [x for x, _ in pairs_b]:
         raise ValueError("pairs_a and pairs_b must hold the same inputs x, in the same order")
-    return _shares(predictions, pairs_a, pairs_b, as_scorer(scorer_a, "scorer_a"), as_scorer(scorer_b, "scorer_b"))
+    return _labels(predictions, pairs_a, pairs_b, as_scorer(scorer_a, "scorer_a"), as_scorer(scorer_b, "scorer_b"))
 
 
-def _shares(predictions, pairs_a, pairs_b, scorer_a: Scorer, scorer_b: Scorer) -> AnswerShares:
-    n_a = n_b = 0
-    for (x, y_a), (_, y_b), p in zip(pairs_a, pairs_b, predictions):
+def _labels(predictions, pairs_a, pairs_b, scorer_a: Scorer, scorer_b: Scorer) -> np.ndarray:
+    out = np.zeros(len(predictions), dtype=np.int8)
+    for i, ((x, y_a), (_, y_b), p) in enumerate(zip(pairs_a, pairs_b, predictions)):
         is_a, is_b = bool(scorer_a(p, x, y_a)), bool(scorer_b(p, x, y_b))
         if is_a and is_b:
             raise ValueError(f"prediction {p!r} for query {x!r} is an answer of both tasks; use queries whose "
                              "answers differ")
-        n_a += is_a
-        n_b += is_b
-    n = len(predictions)
+        out[i] = ANSWER_A if is_a else ANSWER_B if is_b else NEITHER
+    return out
+
+
+def answer_shares(
+    predictions: Sequence[str], pairs_a: Sequence[tuple[str, str]], pairs_b: Sequence[tuple[str, str]],
+    scorer_a: Scorer | Task | None = None, scorer_b: Scorer | Task | None = None,
+) -> AnswerShares:
+    """The fractions of :func:`answer_labels` that are A's answer, B's answer or neither."""
+    return shares_of(answer_labels(predictions, pairs_a, pairs_b, scorer_a, scorer_b))
+
+
+def shares_of(labels) -> AnswerShares:
+    """:class:`AnswerShares` of a 1-D array of :func:`answer_labels` codes."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.isin(labels, (NEITHER, ANSWER_A, ANSWER_B)).all():
+        raise ValueError(f"labels must be a non-empty 1-D array of the codes 0, 1, 2, got {labels!r}")
+    n = labels.size
+    n_a, n_b = int((labels == ANSWER_A).sum()), int((labels == ANSWER_B).sum())
     return AnswerShares(a=n_a / n, b=n_b / n, neither=(n - n_a - n_b) / n)
 
 
@@ -253,6 +340,39 @@ def switch_point(alphas, share_a, share_b) -> Switch:
     progress = (margin - margin[0]) / span
     width = _first_crossing(alphas, progress, 0.9) - _first_crossing(alphas, progress, 0.1)
     return Switch(alpha_star=alpha_star, width=float(width))
+
+
+def switch_interval(
+    alphas, labels, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[Interval, Interval]:
+    """Bootstrap intervals over queries of the switch point and the 10-90% width (:func:`switch_point`).
+
+    ``labels`` (len(alphas), n_queries): the :func:`answer_labels` codes of every query at every ``alpha``. Whole
+    queries (columns) are resampled with replacement. A resample in which B's share never reaches A's, or the
+    margin never rises, counts as a switch at ``alpha = max(alphas)`` and a width of ``max(alphas) - min(alphas)``:
+    no switch within the range, the conservative reading. Returns ``(alpha_star, width)`` as
+    :class:`icllib.stats.Interval` (percentile bootstrap, ``n`` = the number of queries).
+    """
+    grid = np.asarray(_check_alphas(alphas), dtype=float)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != grid.size or labels.shape[1] < 2:
+        raise ValueError(f"labels must be (len(alphas)={grid.size}, n_queries >= 2), got shape {labels.shape}")
+    if not np.isin(labels, (NEITHER, ANSWER_A, ANSWER_B)).all():
+        raise ValueError("labels must hold the codes 0 (neither), 1 (A) and 2 (B) of answer_labels")
+    is_a, is_b = (labels == ANSWER_A).astype(float), (labels == ANSWER_B).astype(float)
+    fallback = (float(grid[-1]), float(grid[-1] - grid[0]))
+
+    def measure(which: int):
+        def statistic(columns: np.ndarray) -> float:
+            cols = columns.astype(int)
+            found = switch_point(grid, is_a[:, cols].mean(1), is_b[:, cols].mean(1))
+            value = (found.alpha_star, found.width)[which]
+            return fallback[which] if np.isnan(value) else value
+        return statistic
+
+    index = np.arange(labels.shape[1], dtype=float)
+    return tuple(bootstrap(index, measure(which), n_resamples=n_resamples, level=level, seed=seed)
+                 for which in (0, 1))
 
 
 def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:

@@ -1,10 +1,11 @@
 """Chapter 11's experiments on a language model, through the public functions of :mod:`icllib.task_vectors`.
 
 The demonstration-count sweep (:func:`demo_count_sweep`, on held-out queries from :func:`split_pairs`), the
-accuracy of vectors averaged over sets (:func:`averaged_accuracy`), the answers along an interpolation between two
-tasks' vectors (:func:`interpolation_shares`, via :func:`patch_grid`) and replacement against addition at every
-block (:func:`replace_vs_add`). Every scorer has the signature ``(prediction, x, y)``; a ``lang_tasks.Task`` is
-accepted wherever a scorer is.
+accuracy of vectors averaged over sets (:func:`averaged_accuracy`, every group size on the same queries), the
+answers along an interpolation between two tasks' vectors (:func:`interpolation_labels`, via :func:`patch_grid`)
+and replacement against addition at every block (:func:`replace_vs_add`). Each returns per-query hits (or answer
+codes), the material of the intervals in :mod:`icllib.stats`. Every scorer has the signature
+``(prediction, x, y)``; a ``lang_tasks.Task`` is accepted wherever a scorer is.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from icllib._checks import as_float_tensor, check_choice, check_float, check_int, check_pairs
-from icllib.lang_tasks import Scorer, Task, accuracy, as_scorer, sample_dummy_queries
+from icllib.lang_tasks import Scorer, Task, as_scorer, hits, sample_dummy_queries
 from icllib.llm import n_layers
 from icllib.task_vectors import check_format, extract_task_vectors, patched_predictions, predict
-from icllib.tv_experiments.estimators import (AnswerShares, _check_counts, answer_shares, group_means, interpolate,
-                                              mean_difference, set_spread)
+from icllib.tv_experiments.estimators import (_check_counts, _labels, group_means, interpolate, mean_difference,
+                                              set_spread)
 
-__all__ = ["split_pairs", "patch_grid", "interpolation_shares", "DemoSweep", "demo_count_sweep",
+__all__ = ["split_pairs", "patch_grid", "interpolation_labels", "DemoSweep", "demo_count_sweep", "Averaged",
            "averaged_accuracy", "ReplaceAdd", "replace_vs_add"]
 
 
@@ -84,20 +85,25 @@ def _decode(tokenizer, ids: torch.Tensor) -> list[str]:
     return [tokenizer.decode([int(i)]) for i in ids.tolist()]
 
 
-def interpolation_shares(
+def interpolation_labels(
     model, tokenizer, theta_a, theta_b, alphas, pairs_a: Sequence[tuple[str, str]],
     pairs_b: Sequence[tuple[str, str]], layer: int, scorer_a: Scorer | Task | None = None,
     scorer_b: Scorer | Task | None = None, fmt="example",
-) -> list[AnswerShares]:
-    """Whose answer the bare query gives with ``theta(alpha)`` (:func:`interpolate`) patched after block ``layer``.
+) -> np.ndarray:
+    """Whose answer the bare query gives with ``theta(alpha)`` (``interpolate``) patched after block ``layer``.
 
     ``theta_a``, ``theta_b`` (d,): the two tasks' vectors; the queries are the inputs of ``pairs_a`` (with A's
-    answers) and ``pairs_b`` (the same inputs, with B's answers). Returns one :func:`answer_shares` per ``alpha``.
+    answers) and ``pairs_b`` (the same inputs, with B's answers). Returns the ``answer_labels`` codes, int8
+    (len(alphas), n_queries): 1 for A's answer, 2 for B's, 0 for neither (``shares_of(row)`` gives the fractions).
     """
     thetas = interpolate(as_float_tensor("theta_a", theta_a, ndim=1), as_float_tensor("theta_b", theta_b, ndim=1),
                          alphas)
-    grid = patch_grid(model, tokenizer, thetas, [x for x, _ in check_pairs("pairs_a", pairs_a)], layer, fmt)
-    return [answer_shares(row, pairs_a, pairs_b, scorer_a, scorer_b) for row in grid]
+    pairs_a, pairs_b = check_pairs("pairs_a", pairs_a), check_pairs("pairs_b", pairs_b)
+    if [x for x, _ in pairs_a] != [x for x, _ in pairs_b]:
+        raise ValueError("pairs_a and pairs_b must hold the same inputs x, in the same order")
+    scorer_a, scorer_b = as_scorer(scorer_a, "scorer_a"), as_scorer(scorer_b, "scorer_b")
+    grid = patch_grid(model, tokenizer, thetas, [x for x, _ in pairs_a], layer, fmt)
+    return np.stack([_labels(row, pairs_a, pairs_b, scorer_a, scorer_b) for row in grid])
 
 
 @dataclass
@@ -105,11 +111,12 @@ class DemoSweep:
     """Results of :func:`demo_count_sweep` for one task, one entry per demonstration count ``k``.
 
     ``theta[k]`` (n_sets, d) float32: ``theta_L(S)`` at the patched block ``layer``; ``spread_by_layer[k]`` (L,):
-    the ``sqdist`` :func:`set_spread` of ``theta_l(S)`` at every block; ``dummy_spread_by_layer[k]`` (L,): the part
+    the ``sqdist`` ``set_spread`` of ``theta_l(S)`` at every block; ``dummy_spread_by_layer[k]`` (L,): the part
     of it that comes from the dummy queries, ``E_S Var(mean_{x'} h_l([S, x'])[-1] | S)`` (estimated within each set,
-    unbiased); ``icl[k]`` and ``tv[k]``: accuracy of ``[S, x]`` (one held-out query per set) and of ``[x]`` with
-    ``theta_L(S)`` patched in (``n_queries`` held-out queries per set). ``theta_all`` (n_sets, L, d): the vectors
-    at every block for ``k = all_layers_at`` (None if not asked for).
+    unbiased), and ``dummy_var[k]`` (n_sets,) its per-set terms at block ``layer``. ``icl_hits[k]`` (n_sets,) bool:
+    whether ``[S, x]`` was right on the set's first held-out query; ``tv_hits[k]`` (n_sets, n_queries) bool: whether
+    ``[x]`` with ``theta_L(S)`` patched in was right on each of the set's queries; ``icl[k]``, ``tv[k]`` their means.
+    ``theta_all`` (n_sets, L, d): the vectors at every block for ``k = all_layers_at`` (None if not asked for).
     """
 
     n_demos: list[int]
@@ -117,10 +124,21 @@ class DemoSweep:
     theta: dict[int, np.ndarray] = field(default_factory=dict)
     spread_by_layer: dict[int, np.ndarray] = field(default_factory=dict)
     dummy_spread_by_layer: dict[int, np.ndarray] = field(default_factory=dict)
-    icl: dict[int, float] = field(default_factory=dict)
-    tv: dict[int, float] = field(default_factory=dict)
+    dummy_var: dict[int, np.ndarray] = field(default_factory=dict)
+    icl_hits: dict[int, np.ndarray] = field(default_factory=dict)
+    tv_hits: dict[int, np.ndarray] = field(default_factory=dict)
     all_layers_at: int | None = None
     theta_all: np.ndarray | None = None
+
+    @property
+    def icl(self) -> dict[int, float]:
+        """ICL accuracy for every ``k``."""
+        return {k: float(h.mean()) for k, h in self.icl_hits.items()}
+
+    @property
+    def tv(self) -> dict[int, float]:
+        """Task-vector accuracy for every ``k``."""
+        return {k: float(h.mean()) for k, h in self.tv_hits.items()}
 
     @property
     def spread(self) -> np.ndarray:
@@ -174,8 +192,8 @@ def demo_count_sweep(
         flat = [pair for q in queries for pair in q]
         tv_ids = patched_predictions(model, tokenizer, [fmt.prompt([], x) for x, _ in flat],
                                      theta[:, layer].float().repeat_interleave(n_queries, 0), [layer], fmt)[:, 0]
-        out.icl[k] = accuracy(_decode(tokenizer, icl_ids), [q[0] for q in queries], scorer)
-        out.tv[k] = accuracy(_decode(tokenizer, tv_ids), flat, scorer)
+        out.icl_hits[k] = hits(_decode(tokenizer, icl_ids), [q[0] for q in queries], scorer)
+        out.tv_hits[k] = hits(_decode(tokenizer, tv_ids), flat, scorer).reshape(n_sets, n_queries)
         _record_spreads(out, k, states, theta)
     return out
 
@@ -197,43 +215,68 @@ def _record_spreads(out: DemoSweep, k: int, states: torch.Tensor, theta: torch.T
     # Var of a mean of n_dummies draws = (within-set variance of one dummy state) / n_dummies
     within = ((states - theta) ** 2).sum(-1).sum(0) / (n_dummies - 1)  # (n_sets, L)
     out.dummy_spread_by_layer[k] = (within.mean(0) / n_dummies).numpy()
+    out.dummy_var[k] = (within[:, out.layer] / n_dummies).numpy()
     if k == out.all_layers_at:
         out.theta_all = theta.float().numpy()
 
 
+@dataclass
+class Averaged:
+    """Results of :func:`averaged_accuracy`: every group size ``j`` scored on the same queries.
+
+    ``queries`` (n_queries ``(x, y)`` pairs, the same for every ``j``); ``hits[j]`` (n_queries,) bool: whether the
+    bare query ``queries[q]`` patched with ``theta_bar_j`` number ``group[j][q]`` (a group of ``j`` sets) was right.
+    Two group sizes are compared query by query (``stats.paired_difference(hits[a], hits[b], groups=inputs)``).
+    """
+
+    group_sizes: list[int]
+    queries: list[tuple[str, str]]
+    hits: dict[int, np.ndarray] = field(default_factory=dict)
+    group: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> dict[int, float]:
+        """The accuracy of every group size."""
+        return {j: float(h.mean()) for j, h in self.hits.items()}
+
+
 def averaged_accuracy(
     model, tokenizer, theta, query_pool: Sequence[tuple[str, str]], layer: int, group_sizes: Sequence[int],
-    rows: int = 32, seed: int = 0, scorer: Scorer | Task | None = None, fmt="example",
-) -> dict[int, float]:
-    """Task-vector accuracy of ``theta_bar_j`` (:func:`group_means`) for every group size ``j``.
+    n_queries: int = 24, seed: int = 0, scorer: Scorer | Task | None = None, fmt="example",
+) -> Averaged:
+    """Task-vector accuracy of ``theta_bar_j`` (``group_means``) for every group size ``j``, on shared queries.
 
-    ``theta`` (n_sets, d) at block ``layer``; for each ``j`` the ``n_sets // j`` disjoint group means are each
-    patched into about ``rows / (n_sets // j)`` (at least 2) queries drawn from ``query_pool``, so that every ``j``
-    is scored on a similar number of predictions. Returns ``{j: accuracy}``.
+    ``theta`` (n_sets, d) at block ``layer``. ``n_queries`` queries are drawn from ``query_pool`` (without
+    replacement while the pool lasts, then the pool again in a new order); for each ``j`` the ``n_sets // j``
+    disjoint group means are dealt out in turn, query ``q`` getting mean ``q mod (n_sets // j)``, so every ``j`` is
+    scored on the same queries and two group sizes can be compared query by query. Returns :class:`Averaged`.
     """
     theta = as_float_tensor("theta", theta, ndim=2)
     query_pool = check_pairs("query_pool", query_pool)
     sizes = _check_counts("group_sizes", group_sizes, maximum=theta.shape[0])
-    rows = check_int("rows", rows, minimum=1)
+    n_queries = check_int("n_queries", n_queries, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     scorer, fmt = as_scorer(scorer), check_format(fmt)
     rng = np.random.default_rng(seed)
-    out = {}
+    order = np.concatenate([rng.permutation(len(query_pool)) for _ in range(-(-n_queries // len(query_pool)))])
+    queries = [query_pool[i] for i in order[:n_queries]]
+    out = Averaged(group_sizes=sizes, queries=queries)
+    prompts = [fmt.prompt([], x) for x, _ in queries]
     for j in sizes:
-        means = group_means(theta, j)
-        n_q = min(len(query_pool), max(2, -(-rows // means.shape[0])))
-        queries = [query_pool[i] for i in rng.choice(len(query_pool), size=n_q, replace=False)]
-        grid = _patch_grid(model, tokenizer, means, [x for x, _ in queries], layer, fmt)
-        out[j] = accuracy([p for row in grid for p in row], [q for _ in grid for q in queries], scorer)
+        means = group_means(theta, j).float()
+        out.group[j] = np.arange(n_queries) % means.shape[0]
+        ids = patched_predictions(model, tokenizer, prompts, means[out.group[j]], [layer], fmt)[:, 0]
+        out.hits[j] = hits(_decode(tokenizer, ids), queries, scorer)
     return out
 
 
 @dataclass
 class ReplaceAdd:
-    """Layer curves of the two interventions on the bare query ``[x]`` (accuracy per block, (L,) each).
+    """Layer curves of the two interventions on the bare query ``[x]``: per-query hits, (n_queries, L) bool each.
 
     ``replace_set``: ``h_l[-1] := theta_l(S)`` with each query's own set (Hendel et al.); ``replace_mean``:
-    ``h_l[-1] := mean_S theta_l(S)``; ``add[beta]``: ``h_l[-1] += beta * Delta_l`` (:func:`mean_difference`).
+    ``h_l[-1] := mean_S theta_l(S)``; ``add[beta]``: ``h_l[-1] += beta * Delta_l`` (``mean_difference``).
+    Entry ``[q, l]`` says whether query ``q`` was right with block ``l`` patched; ``.mean(0)`` is the accuracy curve.
     ``delta_norm``: ``||Delta_l||``; ``state_norm``: the mean ``||h_l([x])[-1]||`` of the bare queries.
     """
 
@@ -269,8 +312,8 @@ def replace_vs_add(
 
     def curve(vectors: torch.Tensor, mode: str) -> np.ndarray:
         ids = patched_predictions(model, tokenizer, prompts, vectors.float(), None, fmt, mode=mode)  # (n, L)
-        hits = [[scorer(tokenizer.decode([int(i)]), x, y) for i in row] for (x, y), row in zip(queries, ids.tolist())]
-        return np.asarray(hits, dtype=float).mean(0)
+        right = [[scorer(tokenizer.decode([int(i)]), x, y) for i in row] for (x, y), row in zip(queries, ids.tolist())]
+        return np.asarray(right, dtype=bool)
 
     return ReplaceAdd(
         replace_set=curve(theta, "replace"),
