@@ -8,6 +8,7 @@ import torch
 
 from icllib import records, testing
 from icllib.experiments import ch12
+from icllib.papers import todd
 
 CONFIG = ch12.Config(n_demos=3, n_mean_prompts=4, n_prompts=2, n_bare=4, n_dev=2, n_test=4, templates=("{x} ->",),
                      n_new=2)
@@ -65,8 +66,6 @@ def test_head_space_identities(tiny):
 
 
 def test_todd_numbers_have_sources():
-    from icllib.papers import todd
-
     assert set(todd.SOURCES) == set(todd.__all__) - {"SOURCES"}
     assert set(todd.TABLE2) == set(todd.TABLE2_SE)
     assert all(0 <= a <= 1 and 0 <= b <= 1 for a, b in todd.TABLE2.values())
