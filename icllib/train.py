@@ -13,6 +13,9 @@ The Part I objectives built on it, from the theory to the paper's experiments:
   sizes of Theorem 1 (eta_Q for the key-query matrices, eta_w = gamma^2 eta_Q for the output weights). Needs a model
   that is linear in the labels, i.e. has ``attention_matrix()`` (the one-layer model).
 - :func:`train_adam_exact`: Adam on the same exact loss (not in the paper; a fast optimiser for the same objective).
+- :func:`train_lbfgs_exact`: L-BFGS with a strong-Wolfe line search on the same exact loss (not in the paper; the
+  deterministic full-batch objective is what quasi-Newton methods are made for, and it settles where Adam's fixed
+  step keeps oscillating).
 - :func:`train_adam_monte_carlo`: the paper's recipe: Adam (learning rate 1e-4) on minibatches of 256 prompts drawn
   from a fixed set of 10,000, the squared error over all K tokens, L_hat = (1/2K) mean_prompts sum_k (yhat_k - y_k)^2.
   Works for any model called as ``model(y) -> yhat`` with y (..., N) and yhat (..., K), e.g. the multi-layer
@@ -51,6 +54,7 @@ __all__ = [
     "exact_gap",
     "train_exact_gd",
     "train_adam_exact",
+    "train_lbfgs_exact",
     "train_adam_monte_carlo",
     "PRECISIONS",
 ]
@@ -435,7 +439,55 @@ def train_adam_exact(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# 3. The paper's recipe: Adam on Monte-Carlo prompts
+# 3. L-BFGS on the exact loss
+# --------------------------------------------------------------------------------------------------------------------
+def train_lbfgs_exact(
+    model: nn.Module,
+    Z_all,
+    tau: float,
+    steps: int,
+    history_size: int = 50,
+    inner_steps: int = 20,
+    *,
+    eval_every: int = 1,
+    test_prompts: TestPrompts | None = None,
+    generator: torch.Generator | None = None,
+    time_budget_s: float | None = None,
+    stop_at_inference: float | None = None,
+    callback: Callable[[int, nn.Module], None] | None = None,
+    progress: bool = True,
+) -> TrainingHistory:
+    """L-BFGS on the exact loss L(theta) of Lemma 5 (``torch.optim.LBFGS``, strong-Wolfe line search, memory of
+    ``history_size`` curvature pairs). One step of the loop is one call of the optimiser: up to ``inner_steps``
+    quasi-Newton iterations, each with its line search, so a step costs up to about that many loss evaluations
+    (``history.config["evaluations"]`` counts them). Other arguments as :func:`train_exact_gd`."""
+    history_size = check_int("history_size", history_size, minimum=1)
+    inner_steps = check_int("inner_steps", inner_steps, minimum=1)
+    setup = _setup(model, Z_all, tau, steps, eval_every, test_prompts, generator, time_budget_s, stop_at_inference,
+                   callback, progress, need_linear=True)
+    terms = _terms_on(setup.terms, model)
+    # No tolerance stops: the run ends by the loop's rules (steps, budget, stop_at_inference), as for the others.
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=inner_steps, history_size=history_size,
+                                  line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+    config = {"history_size": history_size, "inner_steps": inner_steps, "tau": setup.tau, "evaluations": 0}
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        gap = exact_gap(model.attention_matrix(), terms)
+        gap.backward()
+        config["evaluations"] += 1
+        return gap
+
+    def step(_batch: object) -> float:
+        optimizer.step(closure)
+        with torch.no_grad():
+            return float(exact_gap(model.attention_matrix(), terms)) + float(terms.optimal)
+
+    return _train("exact L-BFGS", model, setup, step, test_prompts, generator, callback, config)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. The paper's recipe: Adam on Monte-Carlo prompts
 # --------------------------------------------------------------------------------------------------------------------
 #: The arithmetic of a Monte-Carlo training step — ``"float32"`` (the default, exact float32 products), ``"tf32"``
 #: (float32 tensors, matrix products on CUDA tensor cores in TF32; elsewhere the same as float32) and ``"bf16"``

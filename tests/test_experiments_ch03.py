@@ -46,6 +46,10 @@ def test_configurations_reject_bad_values():
         ch03.ExactAdam(lr=-1.0)
     with pytest.raises(ValueError, match="stop_at"):
         ch03.ExactAdam(stop_at=0.0)
+    with pytest.raises(ValueError, match="history_size"):
+        ch03.ExactLBFGS(history_size=0)
+    with pytest.raises(ValueError, match="stop_at"):
+        ch03.ExactLBFGS(stop_at=-1e-3)
     with pytest.raises(ValueError, match="precision"):
         ch03.Recipe(precision="fp8")
     with pytest.raises(ValueError, match="batch_size"):
@@ -67,6 +71,8 @@ def test_one_layer_run_trains_and_is_deterministic():
     assert adam.history.method == "exact Adam"
     early = ch03.one_layer_run(TINY, 10, ch03.ExactAdam(3e-2, stop_at=1e-2), 400, seed=0, eval_every=10)
     assert early.history.stop_reason == "target" and early.history.in_domain[-1] <= 1e-2
+    lbfgs = ch03.one_layer_run(TINY, 10, ch03.ExactLBFGS(stop_at=1e-6), 50, seed=0, eval_every=1)
+    assert lbfgs.history.method == "exact L-BFGS" and lbfgs.history.stop_reason == "target"
     recipe = ch03.Recipe(lr=1e-2, batch_size=16, n_train_prompts=64)
     mc = ch03.one_layer_run(TINY, 10, recipe, 20, seed=0, eval_every=10)
     assert mc.history.method == "Monte-Carlo Adam" and mc.history.config["precision"] == "float32"

@@ -112,6 +112,27 @@ def test_adam_exact_decreases_gap():
     assert hist.loss_gap[-1] < 0.5 * hist.loss_gap[0] and hist.method == "exact Adam"
 
 
+def test_lbfgs_exact_reaches_the_minimum_adam_does_not_in_the_same_evaluations():
+    # A claim that could fail: on the same problem and start, L-BFGS with at most 200 loss evaluations ends orders
+    # of magnitude closer to the minimiser (the ridge predictor) than Adam with 200 steps.
+    model, Z_all, g = _problem()
+    test = train.make_test_prompts(Z_all, N, TAU, g)
+    twin, _, _ = _problem()
+    hist = train.train_lbfgs_exact(model, Z_all, TAU, steps=10, inner_steps=20, test_prompts=test, progress=False)
+    adam = train.train_adam_exact(twin, Z_all, TAU, steps=200, lr=1e-2, eval_every=200, test_prompts=test,
+                                  progress=False)
+    assert hist.method == "exact L-BFGS" and hist.config["evaluations"] <= 10 * 25
+    assert hist.loss_gap[0] == adam.loss_gap[0]  # sanity check: the same start
+    assert hist.loss_gap[-1] < 1e-3 * adam.loss_gap[-1], (hist.loss_gap[-1], adam.loss_gap[-1])
+
+
+def test_lbfgs_exact_stops_at_the_target():
+    model, Z_all, g = _problem()
+    hist = train.train_lbfgs_exact(model, Z_all, TAU, steps=100, eval_every=1, stop_at_inference=1e-6, generator=g,
+                                   progress=False)
+    assert hist.stop_reason == "target" and hist.in_domain[-1] <= 1e-6 and hist.step[-1] < 100
+
+
 def test_adam_monte_carlo_one_layer_and_float32():
     model, Z_all, g = _problem(dtype=torch.float32)
     hist = train.train_adam_monte_carlo(model, Z_all, TAU, steps=80, n_train_prompts=500, batch_size=64, lr=1e-2,
@@ -180,6 +201,10 @@ def test_bad_inputs():
         train.train_adam_exact(model, Z_all, TAU, steps=1, lr=0.0, generator=g)
     with pytest.raises(ValueError, match="batch_size"):
         train.train_adam_monte_carlo(model, Z_all, TAU, steps=1, n_train_prompts=10, batch_size=20, generator=g)
+    with pytest.raises(ValueError, match="history_size"):
+        train.train_lbfgs_exact(model, Z_all, TAU, steps=1, history_size=0, generator=g)
+    with pytest.raises(TypeError, match="inner_steps"):
+        train.train_lbfgs_exact(model, Z_all, TAU, steps=1, inner_steps=2.5, generator=g)
     with pytest.raises(TypeError, match="generator"):
         train.train_adam_monte_carlo(model, Z_all, TAU, steps=1, generator=None)
     with pytest.raises(TypeError, match="generator"):

@@ -2,7 +2,8 @@
 
 A problem is a :class:`Problem` (sizes, noise level and the seeds of its dictionary and test prompts); a trained
 model is described by its optimiser (:class:`ExactGD`, the theory's gradient descent on the exact loss of Lemma 5;
-:class:`Recipe`, the paper's Adam on Monte-Carlo prompts) and a training seed. Every function here is deterministic
+:class:`ExactAdam` and :class:`ExactLBFGS`, faster optimisers of the same loss; :class:`Recipe`, the paper's Adam on
+Monte-Carlo prompts) and a training seed. Every function here is deterministic
 given its arguments, trains each seed through the cache (so a cut-off record run resumes), and returns plain data:
 
 - :func:`one_layer_runs`: the one-layer model, one run per seed: history and trained coefficient matrix A_tilde;
@@ -27,7 +28,7 @@ from icllib import basis, cache, kernels, records, theory, train
 from icllib._checks import check_choice, check_float, check_int
 from icllib.models import MultiLayerTransformer, OneLayerMultiHead, TransformerConfig
 
-__all__ = ["Problem", "ExactGD", "ExactAdam", "Recipe", "OneLayerRun", "one_layer_run",
+__all__ = ["Problem", "ExactGD", "ExactAdam", "ExactLBFGS", "Recipe", "OneLayerRun", "one_layer_run",
            "one_layer_runs", "last_values", "four_layer_run", "four_layer_runs", "NGapResult", "gap_against_n",
            "rule_comparison", "cuda_result", "out_of_domain_moment"]
 
@@ -105,6 +106,23 @@ class ExactAdam:
 
 
 @dataclass(frozen=True)
+class ExactLBFGS:
+    """L-BFGS on the exact loss of Lemma 5 (float64; :func:`icllib.train.train_lbfgs_exact`): not the paper's
+    optimiser; a step is up to ``inner_steps`` quasi-Newton iterations with ``history_size`` curvature pairs.
+    ``stop_at``: end the run once the in-domain inference loss is at most this."""
+
+    history_size: int = 50
+    inner_steps: int = 20
+    stop_at: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int("history_size", self.history_size, minimum=1)
+        check_int("inner_steps", self.inner_steps, minimum=1)
+        if self.stop_at is not None:
+            check_float("stop_at", self.stop_at, minimum=0.0, strict=True)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """The paper's recipe: Adam (``lr``) on minibatches of ``batch_size`` from ``n_train_prompts`` sampled prompts,
     float32 parameters, the training step's arithmetic ``precision`` (:data:`icllib.train.PRECISIONS`)."""
@@ -121,12 +139,12 @@ class Recipe:
         check_choice("precision", self.precision, train.PRECISIONS)
 
 
-Optimiser = ExactGD | ExactAdam | Recipe
+Optimiser = ExactGD | ExactAdam | ExactLBFGS | Recipe
 
 
 def _check_optimiser(optimiser: Any) -> None:
-    if not isinstance(optimiser, (ExactGD, ExactAdam, Recipe)):
-        raise TypeError(f"optimiser must be an ExactGD, ExactAdam or Recipe, got {type(optimiser).__name__}")
+    if not isinstance(optimiser, (ExactGD, ExactAdam, ExactLBFGS, Recipe)):
+        raise TypeError(f"optimiser must be an ExactGD, ExactAdam, ExactLBFGS or Recipe, got {type(optimiser).__name__}")
 
 
 def last_values(runs: Sequence, series: str) -> np.ndarray:
@@ -155,6 +173,9 @@ def _train(model: torch.nn.Module, Z_all, problem: Problem, optimiser: Optimiser
     if isinstance(optimiser, ExactAdam):
         return train.train_adam_exact(model, Z_all, problem.tau, steps, optimiser.lr,
                                       stop_at_inference=optimiser.stop_at, **common)
+    if isinstance(optimiser, ExactLBFGS):
+        return train.train_lbfgs_exact(model, Z_all, problem.tau, steps, optimiser.history_size, optimiser.inner_steps,
+                                       stop_at_inference=optimiser.stop_at, **common)
     return train.train_adam_monte_carlo(model, Z_all, problem.tau, steps, optimiser.n_train_prompts,
                                         optimiser.batch_size, optimiser.lr, precision=optimiser.precision,
                                         generator=torch.Generator().manual_seed(DATA_SEED_OFFSET + seed), **common)
