@@ -24,11 +24,13 @@ import enum
 import functools
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
 import pickle
 import time
+import tokenize
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -42,15 +44,15 @@ from icllib.settings import cache_dir
 
 T = TypeVar("T")
 
-__all__ = ["fingerprint", "source_hash", "config_key", "cache_path", "cached", "cached_call", "timed_call",
+__all__ = ["fingerprint", "source_hash", "code_only", "closure_digest", "is_computation", "config_key", "cache_path", "cached", "cached_call", "timed_call",
            "not_in_key"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 # Modules that cannot change a computed result (tables of the papers' numbers, what a page shows, how records and
-# cache entries are stored, test stand-ins): editing them neither recomputes a cached result nor marks a record of
+# cache entries are stored and stamped, test stand-ins): editing them neither recomputes a cached result nor marks a record of
 # the full edition as stale.
-_NOT_COMPUTATION = ("icllib.papers", "icllib.book", "icllib.plotting", "icllib.records", "icllib.testing",
-                    "icllib.cache")
+_NOT_COMPUTATION = ("icllib.papers", "icllib.book", "icllib.plotting", "icllib.records", "icllib.restamp",
+                    "icllib.testing", "icllib.cache")
 # Arguments that never change a result; functions name more with :func:`not_in_key`.
 _ALWAYS_IGNORED = ("progress",)
 
@@ -68,11 +70,12 @@ def _module_files() -> dict[str, Path]:
     return files
 
 
-def _imported_modules(name: str, path: Path, known: Mapping[str, Path]) -> set[str]:
-    """The ``icllib`` modules that the file of module ``name`` imports (static: read from its syntax tree)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _imported_modules(name: str, filename: str, source: bytes, known: Mapping[str, Any]) -> set[str]:
+    """The ``icllib`` modules that module ``name`` (``filename``, ``source``) imports (static: read from its syntax
+    tree)."""
+    package = name if filename.endswith("__init__.py") else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -92,30 +95,67 @@ def _imported_modules(name: str, path: Path, known: Mapping[str, Path]) -> set[s
     return found & set(known)
 
 
-@functools.lru_cache(maxsize=None)
-def _closure_digest(roots: tuple[str, ...]) -> str:
-    known = {name: path for name, path in _module_files().items()
-             if not any(name == m or name.startswith(m + ".") for m in _NOT_COMPUTATION)}
-    todo, seen = [r for r in roots if r in known], set()
+def code_only(source: bytes) -> bytes:
+    """``source`` without what cannot change a result: comments, string statements (docstrings) and blank lines,
+    and with trailing spaces removed. Read from the syntax tree and the tokens, which name the same spans on every
+    Python version, so the hash of a file is the same on a laptop, in CI and on Colab."""
+    text = source.decode("utf-8")
+    lines = text.splitlines()
+    spans = []  # (first line, first column, last line, last column), 1-based lines, character columns
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            spans.append((node.lineno, _char_column(lines, node.lineno, node.col_offset),
+                          node.end_lineno, _char_column(lines, node.end_lineno, node.end_col_offset)))
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT:
+            spans.append((*token.start, *token.end))
+    for first, start, last, end in sorted(spans, reverse=True):  # from the end, so earlier spans keep their places
+        head, tail = lines[first - 1][:start], lines[last - 1][end:]
+        lines[first - 1:last] = [head + tail]
+    return "\n".join(line.rstrip() for line in lines if line.strip()).encode()
+
+
+def _char_column(lines: list[str], lineno: int, byte_offset: int) -> int:
+    """The syntax tree counts columns in UTF-8 bytes; the lines are characters."""
+    return len(lines[lineno - 1].encode()[:byte_offset].decode())
+
+
+def closure_digest(roots: tuple[str, ...], sources: Mapping[str, tuple[str, bytes]], code: bool = True) -> str:
+    """The hash of the modules ``roots`` and of every module they import, from ``sources`` (``{module name:
+    (file name, source)}``, the modules that can change a result). ``code``: hash :func:`code_only` of each file
+    (the default); ``False`` hashes the raw bytes, as records made before 2026-12 did (to verify those)."""
+    todo, seen = [r for r in roots if r in sources], set()
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(_imported_modules(name, known[name], known) - seen)
+        todo.extend(_imported_modules(name, *sources[name], sources) - seen)
     digest = hashlib.sha256()
     for name in sorted(seen):
-        digest.update(name.encode() + b"\0" + known[name].read_bytes() + b"\0")
+        source = sources[name][1]
+        digest.update(name.encode() + b"\0" + (code_only(source) if code else source) + b"\0")
     return digest.hexdigest()[:16]
+
+
+def is_computation(name: str) -> bool:
+    """Whether editing module ``name`` can change a result (see ``_NOT_COMPUTATION``)."""
+    return not any(name == m or name.startswith(m + ".") for m in _NOT_COMPUTATION)
+
+
+@functools.lru_cache(maxsize=None)
+def _closure_digest(roots: tuple[str, ...]) -> str:
+    sources = {name: (str(path), path.read_bytes()) for name, path in _module_files().items() if is_computation(name)}
+    return closure_digest(roots, sources)
 
 
 def source_hash(*modules: str | types.ModuleType | Callable) -> str:
     """A hash of the source of the given ``icllib`` modules and of every ``icllib`` module they import.
 
     Each argument is a module, a module name or a function (its module is used); with none, the whole package.
-    Imports are read statically from the files, so the hash changes exactly when a file that the code can reach
-    changes (a comment included: the cache errs on the side of recomputing). Modules that cannot change a result
-    (the papers' tables, page helpers, record and cache storage, test stand-ins) are left out.
+    Imports are read statically from the files, so the hash changes exactly when the code of a file that the code
+    can reach changes; comments, docstrings and blank lines do not count (:func:`code_only`). Modules that cannot
+    change a result (the papers' tables, page helpers, record and cache storage, test stand-ins) are left out.
     """
     names = []
     for item in modules:
