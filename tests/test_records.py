@@ -237,3 +237,17 @@ def test_making_a_pending_record_takes_it_off_the_pending_list(env, tmp_path):
     _set_mode(env, "record")
     records.result("ch99/slow", train_like, 2)
     assert set(records.pending()) == {"ch99/other"}
+
+
+def test_the_records_readme_lists_exactly_the_pending_records():
+    # records/README.md tells a reader which paper-size results are not recorded yet and how to make them; it must
+    # say what the pending lists say (a record made since, or a new pending one, makes this fail until it is edited)
+    import re
+
+    readme = (records.records_dir() / "README.md").read_text()
+    section = readme.split("## Pending", 1)[1] if "## Pending" in readme else ""
+    named = set(re.findall(r"^\| `(ch\d\d/[^`]+)` \|", section, flags=re.MULTILINE))
+    listed = records.pending()
+    assert named == set(listed), (sorted(named), sorted(listed))
+    for name, entry in listed.items():
+        assert entry["command"].split(" on ")[0].split(" (")[0] in section, (name, entry["command"])
