@@ -8,8 +8,8 @@ made by older source. Today's hash counts code only (:func:`icllib.cache.code_on
 For each record whose stamp differs from today's hash, this finds the code that made it and compares:
 
 1. *which code made it*: the tree whose raw hash equals the record's stamp: its provenance commit, any other commit
-   of the history (a record made from uncommitted changes matches the commit that took them in), or the working
-   tree (a record just made);
+   of the history (a record made from uncommitted changes matches the commit that took them in), or, failing those,
+   the working tree (a record just made from code not committed yet);
 2. *can today's code give another result*: module by module over the modules the record's function reaches, today's
    code is either that tree's code (comments, docstrings and blank lines aside), or that tree's code plus new
    definitions: every top-level statement of the old module is still there unchanged, and each added one is a
@@ -221,7 +221,7 @@ def verdicts(directory: Path | None = None) -> list[Verdict]:
             continue
         if history is None:
             history = trees.commits()
-        candidates = [_WORKING_TREE, info.get("commit", ""), *history]
+        candidates = [info.get("commit", ""), *history, _WORKING_TREE]  # a commit names the code for good
         maker = next((tree for tree in dict.fromkeys(candidates) if tree and (
             trees.legacy_digest(tree, module) == info["source"])), "")
         if not maker:
