@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv book book-full record test unit pairing notebooks notebooks-full html-check bench clean sync help
 
-# The execution cache of Jupyter Book keys a notebook by its own code only. Results also depend on the library, the
-# data and (for the full edition) the records: when their hash changes, the cache of that build is dropped.
+# The execution cache of Jupyter Book keys a notebook by its own code only, and Sphinx re-reads (so re-executes) only
+# the pages whose source changed. Results also depend on the library, the data and (for the full edition) the
+# records: when their hash changes, both the execution cache and Sphinx's saved environment of that build are
+# dropped, so every chapter runs again against the new code.
 INPUTS_HASH = $(shell cat $$(git ls-files -co --exclude-standard icllib data records 2>/dev/null | sort) 2>/dev/null | sha256sum | cut -c1-16)
 define fresh_execution_cache
 	@mkdir -p $(1)
 	@if [ "$$(cat $(1)/.inputs-hash 2>/dev/null)" != "$(INPUTS_HASH)" ]; then \
-		rm -rf $(1)/.jupyter_cache; echo "$(INPUTS_HASH)" > $(1)/.inputs-hash; \
+		rm -rf $(1)/.jupyter_cache $(1)/.doctrees; echo "$(INPUTS_HASH)" > $(1)/.inputs-hash; \
 		echo "library, data or records changed: re-executing every chapter"; fi
 endef
 

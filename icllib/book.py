@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
+
 from icllib.records import Pending
 
 __all__ = ["glue", "note", "show_pending", "sanity_check"]
@@ -28,6 +30,10 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"name must be letters, digits, '_' or '-', starting with a letter; got {name!r}")
+    if isinstance(value, np.generic):
+        # a numpy scalar (read back from a record, or a reduction) shows as `np.float64(0.2)`, which the format
+        # spec of {glue:text}`name:.2f` cannot read: glue the Python number
+        value = value.item()
     try:
         from myst_nb import glue as myst_glue
     except ImportError:  # Colab: only icllib is installed; the number still shows, as a printed line

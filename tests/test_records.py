@@ -165,6 +165,19 @@ def test_glue_prints_without_myst_nb(monkeypatch, capsys):
         book.glue("bad name", 1)
 
 
+def test_glue_gives_myst_nb_a_python_number_for_a_numpy_scalar(monkeypatch):
+    # myst-nb formats {glue:text}`name:.2f` from the value's text form; numpy 2 writes np.float64(0.25), which the
+    # format cannot read (a warning, and the nitpicky build fails)
+    import myst_nb
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: glued.update({name: value}))
+    assert book.glue("ch00_y", np.float64(0.25)) == 0.25
+    assert type(glued["ch00_y"]) is float and repr(glued["ch00_y"]) == "0.25"
+    book.glue("ch00_z", np.int64(3))
+    assert type(glued["ch00_z"]) is int
+
+
 def test_sanity_check_says_what_it_is(capsys):
     book.sanity_check(1 + 1 == 2, "one plus one")
     assert "sanity check (holds by construction): one plus one: ok" in capsys.readouterr().out
