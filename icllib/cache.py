@@ -44,13 +44,13 @@ from icllib.settings import cache_dir
 
 T = TypeVar("T")
 
-__all__ = ["fingerprint", "source_hash", "code_only", "closure_digest", "is_computation", "config_key", "cache_path", "cached", "cached_call", "timed_call",
-           "not_in_key"]
+__all__ = ["fingerprint", "source_hash", "code_only", "closure", "closure_digest", "is_computation", "config_key",
+           "cache_path", "cached", "cached_call", "timed_call", "not_in_key"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
 # Modules that cannot change a computed result (tables of the papers' numbers, what a page shows, how records and
-# cache entries are stored and stamped, test stand-ins): editing them neither recomputes a cached result nor marks a record of
-# the full edition as stale.
+# cache entries are stored and stamped, test stand-ins): editing them neither recomputes a cached result nor marks a
+# record of the full edition as stale.
 _NOT_COMPUTATION = ("icllib.papers", "icllib.book", "icllib.plotting", "icllib.records", "icllib.restamp",
                     "icllib.testing", "icllib.cache")
 # Arguments that never change a result; functions name more with :func:`not_in_key`.
@@ -120,10 +120,8 @@ def _char_column(lines: list[str], lineno: int, byte_offset: int) -> int:
     return len(lines[lineno - 1].encode()[:byte_offset].decode())
 
 
-def closure_digest(roots: tuple[str, ...], sources: Mapping[str, tuple[str, bytes]], code: bool = True) -> str:
-    """The hash of the modules ``roots`` and of every module they import, from ``sources`` (``{module name:
-    (file name, source)}``, the modules that can change a result). ``code``: hash :func:`code_only` of each file
-    (the default); ``False`` hashes the raw bytes, as records made before 2026-12 did (to verify those)."""
+def closure(roots: tuple[str, ...], sources: Mapping[str, tuple[str, bytes]]) -> set[str]:
+    """The modules ``roots`` (those present in ``sources``) and every module of ``sources`` they import."""
     todo, seen = [r for r in roots if r in sources], set()
     while todo:
         name = todo.pop()
@@ -131,8 +129,15 @@ def closure_digest(roots: tuple[str, ...], sources: Mapping[str, tuple[str, byte
             continue
         seen.add(name)
         todo.extend(_imported_modules(name, *sources[name], sources) - seen)
+    return seen
+
+
+def closure_digest(roots: tuple[str, ...], sources: Mapping[str, tuple[str, bytes]], code: bool = True) -> str:
+    """The hash of the modules ``roots`` and of every module they import, from ``sources`` (``{module name:
+    (file name, source)}``, the modules that can change a result). ``code``: hash :func:`code_only` of each file
+    (the default); ``False`` hashes the raw bytes, as records made before 2026-12 did (to verify those)."""
     digest = hashlib.sha256()
-    for name in sorted(seen):
+    for name in sorted(closure(roots, sources)):
         source = sources[name][1]
         digest.update(name.encode() + b"\0" + (code_only(source) if code else source) + b"\0")
     return digest.hexdigest()[:16]

@@ -90,14 +90,7 @@ class _Trees:
         return self._digests[key]
 
     def closure(self, tree: str, module: str) -> set[str]:
-        sources, todo, seen = self.sources(tree), [module], set()
-        while todo:
-            name = todo.pop()
-            if name in seen or name not in sources:
-                continue
-            seen.add(name)
-            todo.extend(cache._imported_modules(name, *sources[name], sources) - seen)
-        return seen
+        return cache.closure((module,), self.sources(tree))
 
 
 def _statements(source: bytes) -> list[ast.stmt]:
